@@ -1,0 +1,214 @@
+"""Configuration: ``config.yml`` (path from REACTOR_CONFIG) overridden by REACTOR_* variables.
+
+Every key is declared once in ``KEYS`` with its type, default and meaning; unknown keys and bad
+values are start-up errors that name the key.
+"""
+from __future__ import annotations
+
+import os
+import secrets as _secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+ENV_PREFIX = "REACTOR_"
+CONFIG_ENV = "REACTOR_CONFIG"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its type, default and a one-line description."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    check: Callable[[Any], bool] | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+KEYS: tuple[Key, ...] = (
+    Key("state_dir", str, ".reactor", "Local state directory of the embedded mode (SQLite file, "
+        "generated secret, archive)"),
+    Key("store_uri", str, "", "mongodb://… or sqlite:///path; empty = sqlite file in state_dir"),
+    Key("database", str, "reactor", "MongoDB database name (when the URI names none)"),
+    Key("write_concern", str, "majority", "MongoDB write concern w: majority or a number"),
+    Key("journal", bool, True, "MongoDB write concern j (wait for the journal)"),
+    Key("server_selection_timeout_ms", int, 3000, "MongoDB server selection timeout",
+        _positive),
+    Key("broker_url", str, "", "amqp://… URL of RabbitMQ; empty = no broker (embedded mode)"),
+    Key("secret", str, "", "Token secret (prefer secret_file); at least 16 bytes"),
+    Key("secret_file", str, "", "File holding the token secret"),
+    Key("token_length", int, 32, "Hex characters of job and admin tokens", lambda v: 16 <= v <= 64),
+    Key("admin_window", int, 3600, "Seconds per admin-token window (valid now and one before)",
+        _positive),
+    Key("archive_root", str, "", "Directory under which job archives live (reset clears only "
+        "below it); empty = state_dir/archive"),
+    Key("archive_system", str, "data-sd2e-community", "Default archive storage system id"),
+    Key("verify_pipelines", bool, True, "Jobs must name a registered pipeline"),
+    Key("callback_url", str, "http://localhost:8080/callbacks", "Base URL of job-status "
+        "callbacks handed to jobs"),
+    Key("max_message_bytes", int, 262144, "Largest accepted message body", _positive),
+    Key("exchange", str, "reactor", "Durable exchange events are published to"),
+    Key("queue", str, "reactor.events", "Main queue"),
+    Key("dead_letter_queue", str, "reactor.dead", "Dead-letter queue"),
+    Key("retry_queue", str, "reactor.retry", "Delayed-retry queue (TTL, dead-letters back)"),
+    Key("queue_type", str, "classic", "classic or quorum", lambda v: v in ("classic", "quorum")),
+    Key("prefetch", int, 100, "Unacknowledged deliveries per consumer", _positive),
+    Key("retry_delay_ms", int, 1000, "Delay before a delayed retry", _positive),
+    Key("max_attempts", int, 5, "Deliveries of one message before it is dead-lettered",
+        _positive),
+    Key("transition_retries", int, 3, "Delayed retries of an invalid transition (out-of-order "
+        "tolerance)", lambda v: v >= 0),
+    Key("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR",
+        lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")),
+    Key("log_format", str, "auto", "json, console or auto (console on a terminal)",
+        lambda v: v in ("json", "console", "auto")),
+)
+KEYS_BY_NAME = {k.name: k for k in KEYS}
+
+
+def _coerce(key: Key, value: Any, source: str) -> Any:
+    try:
+        if key.type is bool:
+            if isinstance(value, bool):
+                out = value
+            elif str(value).strip().lower() in ("1", "true", "yes", "on"):
+                out = True
+            elif str(value).strip().lower() in ("0", "false", "no", "off"):
+                out = False
+            else:
+                raise ValueError(value)
+        elif key.type is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            out = int(value)
+        else:
+            if isinstance(value, (dict, list)):
+                raise ValueError(value)
+            out = "" if value is None else str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: bad value for {key.name!r}: expected {key.type.__name__}, "
+                          f"got {value!r}") from None
+    if key.check and not key.check(out):
+        raise ConfigError(f"{source}: bad value for {key.name!r}: {out!r} ({key.help})")
+    return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration values (see ``KEYS``)."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def with_overrides(self, **overrides: Any) -> "Settings":
+        """A copy with some keys replaced (checked like any other source)."""
+        values = dict(self.values)
+        for name, value in overrides.items():
+            if name not in KEYS_BY_NAME:
+                raise ConfigError(f"unknown configuration key {name!r}")
+            values[name] = _coerce(KEYS_BY_NAME[name], value, "override")
+        return Settings(values, dict(self.sources))
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.values["state_dir"]).expanduser()
+
+    @property
+    def resolved_store_uri(self) -> str:
+        """The store URI, defaulting to the embedded SQLite file."""
+        uri = self.values["store_uri"]
+        return uri or f"sqlite:///{(self.state_path / 'reactor.db').resolve()}"
+
+    @property
+    def resolved_archive_root(self) -> Path:
+        root = self.values["archive_root"]
+        return Path(root).expanduser() if root else self.state_path / "archive"
+
+    @property
+    def embedded(self) -> bool:
+        return self.resolved_store_uri.startswith("sqlite:")
+
+
+def load(env: Mapping[str, str] | None = None, path: str | os.PathLike | None = None) -> Settings:
+    """Read config.yml (if any) and the environment; raise ConfigError naming a bad key."""
+    import yaml
+
+    env = os.environ if env is None else env
+    values = {k.name: k.default for k in KEYS}
+    sources = {k.name: "default" for k in KEYS}
+    explicit = path or env.get(CONFIG_ENV)
+    cfg_path = Path(explicit) if explicit else Path("config.yml")
+    if explicit and not cfg_path.is_file():
+        raise ConfigError(f"{CONFIG_ENV}: configuration file {str(cfg_path)!r} does not exist")
+    if cfg_path.is_file():
+        try:
+            loaded = yaml.safe_load(cfg_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{cfg_path}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{cfg_path}: must be a mapping of keys to values")
+        for name, value in loaded.items():
+            if name not in KEYS_BY_NAME:
+                raise ConfigError(f"{cfg_path}: unknown configuration key {name!r}; known keys: "
+                                  + ", ".join(KEYS_BY_NAME))
+            values[name] = _coerce(KEYS_BY_NAME[name], value, str(cfg_path))
+            sources[name] = str(cfg_path)
+    env_names = {k.env: k for k in KEYS}
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+            continue
+        key = env_names.get(var)
+        if key is None:
+            raise ConfigError(f"unknown environment variable {var}; known: "
+                              + ", ".join(sorted(env_names)))
+        values[key.name] = _coerce(key, raw, var)
+        sources[key.name] = var
+    if values["secret"] and values["secret_file"]:
+        raise ConfigError("set only one of REACTOR_SECRET and REACTOR_SECRET_FILE")
+    return Settings(values, sources)
+
+
+def resolve_secret(settings: Settings, create_if_embedded: bool = True) -> str:
+    """The token secret; the embedded mode creates a random one (mode 0600) in state_dir."""
+    if settings.secret:
+        secret = settings.secret
+        source = "REACTOR_SECRET"
+    elif settings.secret_file:
+        p = Path(settings.secret_file).expanduser()
+        try:
+            secret = p.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"secret_file: cannot read {str(p)!r}: {exc.strerror}") from None
+        source = f"secret_file {str(p)!r}"
+    elif settings.embedded and create_if_embedded:
+        p = settings.state_path / "secret"
+        if not p.exists():
+            settings.state_path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(_secrets.token_hex(32))
+        secret = p.read_text().strip()
+        source = f"embedded secret file {str(p)!r}"
+    else:
+        raise ConfigError("no token secret configured: set REACTOR_SECRET_FILE (or REACTOR_SECRET)"
+                          "; only the embedded SQLite mode generates one by itself")
+    if len(secret.encode()) < 16:
+        raise ConfigError(f"the token secret from {source} is shorter than 16 bytes")
+    return secret

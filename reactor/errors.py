@@ -1,0 +1,50 @@
+"""The error tree: one base class, one subclass per thing that can go wrong."""
+from __future__ import annotations
+
+from transitions.core import MachineError
+
+__all__ = [
+    "ReactorError", "ConfigError", "ValidationError", "UnknownJob", "UnknownPipeline",
+    "AuthError", "StoreError", "StoreUnavailable", "ArchiveError", "ManagedPipelineJobError",
+    "MachineError",
+]
+
+
+class ReactorError(Exception):
+    """Base class of every error the reactor raises on purpose."""
+
+
+class ConfigError(ReactorError):
+    """A configuration key is unknown, missing or has a bad value."""
+
+
+class ValidationError(ReactorError, ValueError):
+    """An input does not have the shape it must have."""
+
+
+class UnknownJob(ReactorError, LookupError):
+    """No job has the given uuid."""
+
+
+class UnknownPipeline(ReactorError, LookupError):
+    """No registered pipeline has the given uuid."""
+
+
+class AuthError(ReactorError, PermissionError):
+    """A token is missing, wrong, expired, or not allowed for this operation."""
+
+
+class StoreError(ReactorError):
+    """The store refused an operation for a permanent reason."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now; the operation may succeed if retried."""
+
+
+class ArchiveError(ReactorError):
+    """An archive path is outside the configured archive root or cannot be cleared."""
+
+
+class ManagedPipelineJobError(ReactorError):
+    """A ManagedPipelineJob operation is not allowed in the job's current condition."""

@@ -1,0 +1,113 @@
+"""Job operations shared by every entry point: create, apply an event, delete.
+
+The library, the pipeline (queue, invoke, callbacks) and the CLI all go through these functions,
+so the same rules hold whichever path an event takes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import lifecycle, records
+from .errors import AuthError, StoreError, UnknownJob, UnknownPipeline
+from .identifiers import check_typed, job_uuid
+from .store.base import JobStore
+from .tokens import Authority, mask
+
+# A compare-and-set that misses means another writer moved the job; re-reading and recomputing
+# converges quickly (each miss is someone else's success), so a small bound is plenty.
+MAX_RACES = 64
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """What applying one event did: the record afterwards, and whether this call applied it."""
+
+    record: dict
+    applied: bool
+    from_state: str
+    event: str
+
+    @property
+    def duplicate(self) -> bool:
+        return not self.applied
+
+
+class Jobs:
+    """Job operations over one store, with one authority for tokens."""
+
+    def __init__(self, store: JobStore, authority: Authority, verify_pipelines: bool = True,
+                 clock: Callable[[], str] = records.now_iso):
+        self.store = store
+        self.authority = authority
+        self.verify_pipelines = verify_pipelines
+        self.clock = clock
+
+    def create(self, pipeline_uuid: str, data: dict | None = None, child_of: list | None = None,
+               uuid: str | None = None, **fields) -> tuple[dict, bool]:
+        """Create the job (or find the existing one with the same identity); (record, created)."""
+        check_typed(pipeline_uuid, "pipeline")
+        data = records.check_data(data) or {}
+        child_of = list(child_of or [])
+        if not all(isinstance(c, str) for c in child_of):
+            raise ValueError("child_of must be a list of uuid strings")
+        if uuid is not None:
+            check_typed(uuid, "pipelinejob")
+        if self.verify_pipelines and self.store.get_pipeline(pipeline_uuid) is None:
+            raise UnknownPipeline(f"pipeline {pipeline_uuid} is not registered; register it with "
+                                  "`reactor pipelines add` or switch verify_pipelines off")
+        uid = uuid or job_uuid(pipeline_uuid, child_of, data)
+        record = records.new_job_record(uuid=uid, pipeline_uuid=pipeline_uuid, data=data,
+                                        child_of=child_of, date=self.clock(), **fields)
+        return self.store.create_job(record)
+
+    def get(self, uuid: str) -> dict:
+        """The visible job with ``uuid``; UnknownJob if there is none."""
+        record = self.store.get_job(uuid)
+        if record is None:
+            raise UnknownJob(f"no job with uuid {uuid}")
+        return record
+
+    def authorize(self, uuid: str, event: str, token: object) -> None:
+        """Raise AuthError unless ``token`` allows ``event`` on job ``uuid``."""
+        admin_only = lifecycle.is_admin_event(event)
+        if not self.authority.allows(uuid, token, admin_only=admin_only):
+            kind = "an administrative token" if admin_only else "the job's token or an admin token"
+            raise AuthError(f"token {mask(token)} does not authorise {event!r} on job {uuid}; "
+                            f"it needs {kind}")
+
+    def apply(self, uuid: str, event: str, data: dict | None = None, token: object = None,
+              key: str | None = None, record: dict | None = None) -> EventResult:
+        """Authorise and apply one event with one compare-and-set; a repeated ``key`` is a no-op.
+
+        Raises ``MachineError`` (record unchanged) when the event is not allowed from the
+        job's state, ``UnknownJob`` and ``AuthError`` as their names say.
+        """
+        event = lifecycle.normalize_event(event)
+        data = records.check_data(data)
+        record = record if record is not None else self.get(uuid)
+        self.authorize(uuid, event, token)
+        for _ in range(MAX_RACES):
+            if key is not None and key in records.applied_keys(record):
+                return EventResult(record, False, record["state"], event)
+            from_state = record["state"]
+            to_state = lifecycle.next_state(from_state, event)
+            entry = records.history_entry(event, data, self.clock(), key)
+            committed = self.store.commit_event(uuid, from_state, to_state, entry)
+            if committed is not None:
+                return EventResult(committed, True, from_state, event)
+            record = self.get(uuid)
+        raise StoreError(f"job {uuid} kept changing under {MAX_RACES} attempts to apply {event!r}")
+
+    def delete(self, uuid: str, token: object, force: bool = True) -> bool:
+        """Delete (``force``) or hide a job; needs an administrative token."""
+        if not self.authority.is_admin(token):
+            raise AuthError(f"token {mask(token)} is not a valid administrative token; deleting "
+                            "a job needs one (`reactor token admin`)")
+        if self.store.get_job(uuid, include_hidden=True) is None:
+            raise UnknownJob(f"no job with uuid {uuid}")
+        return self.store.delete_job(uuid, force=force)
+
+    def cancel(self, uuid: str) -> bool:
+        """Delete a job that has processed no event beyond ``create`` (decided by the store)."""
+        return self.store.delete_job(uuid, force=True, only_if_revision=1)

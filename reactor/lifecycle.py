@@ -1,0 +1,133 @@
+"""The job lifecycle declared as data (SPEC §2): states, events, and the transition table.
+
+Everything else (schemas' enums, the ``transitions`` machine, docs, diagrams) is derived from
+``TRANSITIONS``; nothing restates it.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+from transitions.core import MachineError
+
+ANY = "*"
+SAME = "="
+
+
+class State(NamedTuple):
+    """A lifecycle state and what it means."""
+
+    name: str
+    description: str
+
+
+class Transition(NamedTuple):
+    """One event: the states it may fire from, and where it leads."""
+
+    event: str
+    sources: tuple[str, ...]
+    dest: str
+    description: str
+    admin: bool = False
+
+
+STATES: tuple[State, ...] = (
+    State("CREATED", "Job inputs and configuration have been defined"),
+    State("RUNNING", "Job is actively processing data"),
+    State("FAILED", "Job did not complete successfully"),
+    State("FINISHED", "Job has completed processing and outputs are archived"),
+    State("INDEXING", "Job outputs are being associated with project metadata"),
+    State("VALIDATING", "Job outputs are being assessed for correctness"),
+    State("VALIDATED", "Job outputs were determined to be correct"),
+    State("REJECTED", "Job outputs are invalid and should not be used"),
+    State("FINALIZED", "Job outputs are validated and ready for general use"),
+    State("RETIRED", "Job and outputs should no longer be used"),
+    State("RESET", "Job and outputs are being reset for another run"),
+)
+
+INITIAL_STATE = "CREATED"
+
+TRANSITIONS: tuple[Transition, ...] = (
+    Transition("create", ("CREATED",), "CREATED", "Create a new job"),
+    Transition("run", ("CREATED", "RUNNING"), "RUNNING", "Mark the job as running"),
+    Transition("update", ("CREATED", "RUNNING", "VALIDATING", "INDEXING"), SAME,
+               "Append an information item to the history"),
+    Transition("resource", ("CREATED", "RUNNING"), SAME, "Note resource-marshalling activity"),
+    Transition("fail", ("CREATED", "RUNNING", "VALIDATING", "INDEXING"), "FAILED",
+               "Permanently mark the job as failed"),
+    Transition("finish", ("RUNNING", "FINISHED"), "FINISHED", "Mark the job as complete"),
+    Transition("index", ("FINISHED", "INDEXING"), "INDEXING", "Index the job's outputs"),
+    Transition("indexed", ("FINISHED", "INDEXING"), "FINISHED", "Indexing is complete"),
+    Transition("validate", ("FINISHED", "VALIDATED"), "VALIDATING", "Outputs are under validation"),
+    Transition("validated", ("VALIDATING", "VALIDATED"), "VALIDATED", "Validation is complete"),
+    Transition("reject", ("VALIDATING",), "REJECTED", "Outputs are unsuitable for use"),
+    Transition("finalize", ("VALIDATED",), "FINALIZED", "Outputs are suitable for general use"),
+    Transition("retire", ("FAILED", "FINALIZED", "FINISHED", "REJECTED", "VALIDATING", "VALIDATED"),
+               "RETIRED", "The job and its outputs are retired"),
+    Transition("reset", (ANY,), "RESET", "Begin a reset, erasing the archive contents", admin=True),
+    Transition("ready", ("RESET",), "CREATED", "Complete the reset, allowing a re-run", admin=True),
+)
+
+STATE_NAMES: tuple[str, ...] = tuple(s.name for s in STATES)
+EVENT_NAMES: tuple[str, ...] = tuple(t.event for t in TRANSITIONS)
+ADMIN_EVENTS: frozenset[str] = frozenset(t.event for t in TRANSITIONS if t.admin)
+_BY_EVENT = {t.event: t for t in TRANSITIONS}
+
+
+def _expand(t: Transition) -> dict[str, str]:
+    sources = STATE_NAMES if ANY in t.sources else t.sources
+    return {s: (s if t.dest == SAME else t.dest) for s in sources}
+
+
+# (state, event) -> destination, precomputed once: this is the hot path of every message.
+TABLE: dict[tuple[str, str], str] = {
+    (src, t.event): dst for t in TRANSITIONS for src, dst in _expand(t).items()
+}
+
+
+def normalize_event(name: str) -> str:
+    """Return the canonical (lower-case) event name, or raise ValueError for an unknown one."""
+    if not isinstance(name, str):
+        raise ValueError(f"event name must be a string, got {type(name).__name__}")
+    event = name.strip().lower()
+    if event not in _BY_EVENT:
+        raise ValueError(f"unknown event {name!r}; known events: {', '.join(EVENT_NAMES)}")
+    return event
+
+
+def allowed_events(state: str) -> list[str]:
+    """Events that may fire from ``state``, in table order."""
+    return [e for e in EVENT_NAMES if (state, e) in TABLE]
+
+
+def is_admin_event(event: str) -> bool:
+    """True when ``event`` needs an administrative token."""
+    return event in ADMIN_EVENTS
+
+
+def next_state(state: str, event: str) -> str:
+    """Destination of ``event`` from ``state``; raises ``MachineError`` when not allowed."""
+    try:
+        return TABLE[(state, event)]
+    except KeyError:
+        raise MachineError(invalid_transition_message(state, event)) from None
+
+
+def invalid_transition_message(state: str, event: str) -> str:
+    """A message naming the event, the current state and the events allowed from it."""
+    allowed = ", ".join(allowed_events(state)) or "none"
+    return f"Can't trigger event {event!r} from state {state}; allowed from {state}: {allowed}"
+
+
+@lru_cache(maxsize=1)
+def machine():
+    """The ``transitions`` machine for the table, built once (used for introspection/diagrams)."""
+    from transitions import Machine
+
+    spec = [
+        {"trigger": t.event, "source": list(STATE_NAMES) if ANY in t.sources else list(t.sources),
+         "dest": t.dest}
+        for t in TRANSITIONS
+    ]
+    return Machine(model=None, states=list(STATE_NAMES), transitions=spec,
+                   initial=INITIAL_STATE, auto_transitions=False, send_event=False)

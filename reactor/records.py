@@ -1,0 +1,69 @@
+"""Pure functions that build job records and history entries (no I/O)."""
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timezone
+from typing import Any
+
+from . import lifecycle
+from .identifiers import history_uuid
+
+LINKAGE_FIELDS = ("child_of", "generated_by", "acted_on", "acted_using", "derived_from",
+                  "derived_using")
+JOB_LINKAGE_FIELDS = ("child_of", "generated_by", "acted_on", "acted_using")
+
+
+def now_iso(moment: datetime | None = None) -> str:
+    """UTC time at millisecond precision (what MongoDB keeps), as ISO-8601 with a Z."""
+    moment = moment or datetime.now(timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + \
+        f"{moment.microsecond // 1000:03d}Z"
+
+
+def check_data(data: Any, what: str = "data") -> dict | None:
+    """Return ``data`` if it is a JSON object (or None); else raise TypeError showing the fix."""
+    if data is None or isinstance(data, dict):
+        return data
+    raise TypeError(
+        f"{what} must be a JSON object (a dict) or None, not {type(data).__name__}; "
+        f"wrap the value in a dict, e.g. {what}={{'msg': {data!r}}}")
+
+
+def history_entry(event: str, data: dict | None, date: str, key: str | None = None) -> dict:
+    """One history entry ``{uuid, name, date, data[, key]}``; ``key`` is the duplicate key."""
+    entry = {"uuid": history_uuid(), "name": event, "date": date,
+             "data": copy.deepcopy(data) if data is not None else None}
+    if key is not None:
+        entry["key"] = key
+    return entry
+
+
+def new_job_record(*, uuid: str, pipeline_uuid: str, data: dict, date: str,
+                   archive_path: str = "", archive_system: str = "", session: str = "",
+                   agent: str = "", task: str = "", child_of: list | None = None,
+                   acted_on: list | None = None, acted_using: list | None = None) -> dict:
+    """A job in CREATED whose history holds its ``create`` entry (revision 1)."""
+    return {
+        "uuid": uuid, "pipeline_uuid": pipeline_uuid,
+        "archive_path": archive_path, "archive_system": archive_system,
+        "data": copy.deepcopy(data), "session": session, "agent": agent, "task": task,
+        "child_of": list(child_of or []), "generated_by": [pipeline_uuid],
+        "acted_on": list(acted_on or []), "acted_using": list(acted_using or []),
+        "state": lifecycle.INITIAL_STATE, "last_event": "create",
+        "created": date, "updated": date, "revision": 1, "_visible": True,
+        "history": [history_entry("create", data, date)],
+    }
+
+
+def applied_keys(record: dict) -> set[str]:
+    """Duplicate keys of every event already applied to ``record``."""
+    return {h["key"] for h in record.get("history", ()) if h.get("key")}
+
+
+def apply_to_record(record: dict, to_state: str, entry: dict) -> dict:
+    """The record as it is after a committed transition (mirrors what the stores write)."""
+    out = dict(record)
+    out.update(state=to_state, last_event=entry["name"], updated=entry["date"],
+               revision=record.get("revision", 0) + 1,
+               history=list(record.get("history", ())) + [entry])
+    return out

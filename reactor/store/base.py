@@ -1,0 +1,89 @@
+"""The store interface every backend implements, with identical behaviour.
+
+Records cross this boundary as plain JSON-compatible dicts (timestamps are ISO-8601 strings,
+see ``records.now_iso``); backends translate to and from their own representation.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Iterable
+
+COLLECTIONS_WITH_LINKS = ("jobs", "pipelines", "files", "references", "experiments", "samples",
+                          "measurements")
+
+
+class JobStore(ABC):
+    """Jobs, pipelines and linked documents, with one atomic compare-and-set per state change."""
+
+    uri: str = ""
+
+    # --- jobs -----------------------------------------------------------------------------
+    @abstractmethod
+    def create_job(self, record: dict) -> tuple[dict, bool]:
+        """Insert ``record`` unless a job with its uuid exists; return (stored record, created)."""
+
+    @abstractmethod
+    def get_job(self, uuid: str, include_hidden: bool = False) -> dict | None:
+        """The job with ``uuid`` (soft-deleted ones only when asked), or None."""
+
+    @abstractmethod
+    def list_jobs(self, state: str | None = None, pipeline_uuid: str | None = None,
+                  limit: int = 100, include_hidden: bool = False) -> list[dict]:
+        """Jobs, newest first, optionally filtered by state and pipeline."""
+
+    @abstractmethod
+    def commit_event(self, uuid: str, from_state: str, to_state: str, entry: dict) -> dict | None:
+        """Atomically move a visible job from ``from_state`` to ``to_state`` and append ``entry``.
+
+        One compare-and-set: matches only if the job is visible, is in ``from_state`` and has no
+        history entry whose ``key`` equals ``entry['key']`` (when the entry has a key). Sets
+        state, last_event (= entry name), updated (= entry date), revision + 1, and pushes the
+        entry, in one write. Returns the record after the write, or None when nothing matched.
+        """
+
+    def commit_events(self, changes: Iterable[tuple[str, str, str, dict]]) -> list[dict | None]:
+        """Apply several ``(uuid, from_state, to_state, entry)`` changes; one result each."""
+        return [self.commit_event(*change) for change in changes]
+
+    @abstractmethod
+    def delete_job(self, uuid: str, force: bool = True, only_if_revision: int | None = None) -> bool:
+        """Hard-delete (``force``) the job and every reference to its uuid in linkage fields of
+        other documents, or soft-delete it (hide it). ``only_if_revision`` makes the delete
+        conditional on the stored revision. Returns whether a job was deleted."""
+
+    # --- pipelines --------------------------------------------------------------------------
+    @abstractmethod
+    def add_pipeline(self, doc: dict) -> tuple[dict, bool]:
+        """Register a pipeline ``{uuid, name, ...}`` unless its uuid exists; (stored, created)."""
+
+    @abstractmethod
+    def get_pipeline(self, uuid: str) -> dict | None:
+        """The pipeline with ``uuid``, or None."""
+
+    @abstractmethod
+    def list_pipelines(self) -> list[dict]:
+        """Every registered pipeline, by name."""
+
+    # --- other linked documents (files, references, …) -------------------------------------
+    @abstractmethod
+    def put_document(self, collection: str, doc: dict) -> None:
+        """Insert or replace a document (keyed by its ``uuid``) in another collection."""
+
+    @abstractmethod
+    def get_document(self, collection: str, uuid: str) -> dict | None:
+        """A document of another collection, or None."""
+
+    # --- lifecycle --------------------------------------------------------------------------
+    @abstractmethod
+    def ping(self) -> None:
+        """Return if the store answers; raise StoreUnavailable otherwise."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+    def __enter__(self) -> "JobStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

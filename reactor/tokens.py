@@ -1,0 +1,110 @@
+"""Job and administrative tokens (SPEC §4): HMAC-SHA256 under one secret, never stored.
+
+Job tokens are stable for a job's life; admin tokens are bound to a time window and expire by
+themselves. Both are compared in constant time.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+
+DEFAULT_LENGTH = 32
+DEFAULT_WINDOW = 3600
+MIN_SECRET_BYTES = 16
+# Domain separation: the same secret never yields a job token equal to an admin token.
+_JOB_DOMAIN = b"reactor/job-token/v1\x00"
+_ADMIN_DOMAIN = b"reactor/admin-token/v1\x00"
+
+
+def _key(secret: str | bytes) -> bytes:
+    key = secret.encode() if isinstance(secret, str) else bytes(secret)
+    if len(key) < MIN_SECRET_BYTES:
+        raise ValueError(f"the token secret must be at least {MIN_SECRET_BYTES} bytes long")
+    return key
+
+
+def _mac(secret: str | bytes, domain: bytes, message: str, length: int) -> str:
+    return hmac.new(_key(secret), domain + message.encode(), hashlib.sha256).hexdigest()[:length]
+
+
+def job_token(secret: str | bytes, job_uuid: str, length: int = DEFAULT_LENGTH) -> str:
+    """The token that authorises events for one job."""
+    return _mac(secret, _JOB_DOMAIN, job_uuid, length)
+
+
+def admin_token(secret: str | bytes, now: float | None = None, window: int = DEFAULT_WINDOW,
+                length: int = DEFAULT_LENGTH) -> str:
+    """The administrative token of the time window containing ``now``."""
+    number = int((time.time() if now is None else now) // window)
+    return _mac(secret, _ADMIN_DOMAIN, str(number), length)
+
+
+def _equal(given: object, expected: str) -> bool:
+    if not isinstance(given, str) or not given:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def is_admin_token(secret: str | bytes, token: object, now: float | None = None,
+                   window: int = DEFAULT_WINDOW, length: int = DEFAULT_LENGTH) -> bool:
+    """True when ``token`` is the admin token of the current or the previous window."""
+    now = time.time() if now is None else now
+    current = _equal(token, admin_token(secret, now, window, length))
+    previous = _equal(token, admin_token(secret, now - window, window, length))
+    return current | previous  # both computed: no timing hint about which window matched
+
+
+def is_job_token(secret: str | bytes, job_uuid: str, token: object,
+                 length: int = DEFAULT_LENGTH) -> bool:
+    """True when ``token`` is the job token of ``job_uuid`` (admin tokens not considered)."""
+    return _equal(token, job_token(secret, job_uuid, length))
+
+
+_TOKENISH = re.compile(r"(?i)(\"?token\"?\s*[=:]\s*\"?)([^\"&\s,}]+)")
+
+
+def mask(token: object) -> str:
+    """A token as it may appear in logs: its first four characters only."""
+    if not isinstance(token, str) or not token:
+        return "<none>"
+    return token[:4] + "…" if len(token) > 4 else "…"
+
+
+def mask_text(text: str) -> str:
+    """Mask every ``token=…`` / ``"token": "…"`` value inside free text."""
+    return _TOKENISH.sub(lambda m: m.group(1) + mask(m.group(2)), text)
+
+
+class Authority:
+    """Checks tokens for jobs and admin operations under one configured secret."""
+
+    def __init__(self, secret: str | bytes, length: int = DEFAULT_LENGTH,
+                 window: int = DEFAULT_WINDOW):
+        _key(secret)  # fail early on a weak secret
+        self._secret = secret
+        self.length = length
+        self.window = window
+
+    def job_token(self, job_uuid: str) -> str:
+        """The job token of ``job_uuid``."""
+        return job_token(self._secret, job_uuid, self.length)
+
+    def admin_token(self, now: float | None = None) -> str:
+        """The admin token of the current window."""
+        return admin_token(self._secret, now, self.window, self.length)
+
+    def is_admin(self, token: object, now: float | None = None) -> bool:
+        """True for a valid (current or previous window) admin token."""
+        return is_admin_token(self._secret, token, now, self.window, self.length)
+
+    def allows(self, job_uuid: str, token: object, admin_only: bool = False,
+               now: float | None = None) -> bool:
+        """True when ``token`` authorises an operation on ``job_uuid``."""
+        if self.is_admin(token, now):
+            return True
+        return not admin_only and is_job_token(self._secret, job_uuid, token, self.length)
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"Authority(length={self.length}, window={self.window})"

@@ -1,0 +1,148 @@
+"""Shared fixtures: real services (via scripts/services.sh) and a fresh store per backend.
+
+A test that needs a service skips with the reason when the service is missing, except under
+CI=true, where it fails: CI can never pass by skipping.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid as _uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ROOT / "scripts" / "services.sh"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+TEST_SECRET = "test-secret-" + "x" * 24  # test-only secret, never a deployment value
+
+
+def _missing(what: str, why: str):
+    message = f"{what} is not available: {why}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: services must be running)", pytrace=False)
+    pytest.skip(message)
+
+
+_service_env: dict[str, str] | None = None
+_service_error: str | None = None
+
+
+def _start_services() -> dict[str, str]:
+    """Run `scripts/services.sh start` once; return the variables it exports."""
+    global _service_env, _service_error
+    if _service_env is None and _service_error is None:
+        try:
+            out = subprocess.run(["bash", str(SERVICES), "start"], capture_output=True, text=True,
+                                 timeout=600, env=os.environ.copy())
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            _service_error = f"scripts/services.sh start failed: {exc}"
+        else:
+            if out.returncode != 0:
+                _service_error = ("scripts/services.sh start exited "
+                                  f"{out.returncode}: {out.stderr.strip()[-800:]}")
+            else:
+                env = {}
+                for line in out.stdout.splitlines():
+                    line = line.strip()
+                    if line.startswith("export ") and "=" in line:
+                        k, v = line[len("export "):].split("=", 1)
+                        env[k] = v.strip("'\"")
+                _service_env = env
+    if _service_error:
+        return {}
+    return _service_env or {}
+
+
+@pytest.fixture(scope="session")
+def mongo_uri() -> str:
+    """URI of a MongoDB-wire server: MONGODB_URI, else the FerretDB that services.sh starts."""
+    uri = os.environ.get("MONGODB_URI") or _start_services().get("MONGODB_URI")
+    if not uri:
+        _missing("MongoDB-wire server", _service_error or "MONGODB_URI unset and no FerretDB")
+    import pymongo
+
+    try:
+        pymongo.MongoClient(uri, serverSelectionTimeoutMS=3000).admin.command("ping")
+    except Exception as exc:  # noqa: BLE001 - any failure means the service is unusable
+        _missing("MongoDB-wire server", f"{uri} does not answer ping: {exc}")
+    return uri
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """URL of a RabbitMQ broker: AMQP_URL, else the one services.sh starts."""
+    url = os.environ.get("AMQP_URL") or _start_services().get("AMQP_URL")
+    if not url:
+        _missing("RabbitMQ", _service_error or "AMQP_URL unset and no broker started")
+    import pika
+
+    try:
+        pika.BlockingConnection(pika.URLParameters(url)).close()
+    except Exception as exc:  # noqa: BLE001
+        _missing("RabbitMQ", f"{url} refuses connections: {exc}")
+    return url
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path) -> str:
+    """A fresh embedded store file."""
+    return f"sqlite:///{tmp_path / 'reactor.db'}"
+
+
+@pytest.fixture
+def mongo_store_uri(mongo_uri) -> str:
+    """A fresh, uniquely named database on the MongoDB-wire server (dropped afterwards)."""
+    import pymongo
+
+    name = "t_" + _uuid.uuid4().hex[:16]
+    base = mongo_uri.rstrip("/")
+    scheme, rest = base.split("://", 1)
+    host, _, query = rest.partition("/")
+    query = query.partition("?")[2]
+    uri = f"{scheme}://{host}/{name}" + (f"?{query}" if query else "")
+    yield uri
+    client = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=3000)
+    try:
+        client.drop_database(name)
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+def store_uri(request) -> str:
+    """The URI of a fresh store, once per backend."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_uri")
+    return request.getfixturevalue("mongo_store_uri")
+
+
+@pytest.fixture
+def store(store_uri):
+    """A fresh store, once per backend."""
+    from reactor.store import open_store
+
+    s = open_store(store_uri)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def authority():
+    from reactor.tokens import Authority
+
+    return Authority(TEST_SECRET)
+
+
+@pytest.fixture
+def jobs(store, authority):
+    """Job operations on a fresh store with one registered pipeline (``jobs.pipeline_uuid``)."""
+    from reactor.identifiers import pipeline_uuid
+    from reactor.jobs import Jobs
+
+    j = Jobs(store, authority)
+    p = pipeline_uuid("test-pipeline")
+    store.add_pipeline({"uuid": p, "name": "test-pipeline"})
+    j.pipeline_uuid = p
+    return j

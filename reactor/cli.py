@@ -1,0 +1,81 @@
+"""The ``reactor`` command. Subcommands live in small cli_* modules and are imported only when
+run, so one-shot modes (``reactor invoke``) start fast."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# name -> "module:attribute" of a click command; imported on first use.
+COMMANDS = {
+    "pipelines": "reactor.cli_admin:pipelines",
+    "token": "reactor.cli_admin:token",
+    "jobs": "reactor.cli_jobs:jobs",
+    "fsm": "reactor.cli_jobs:fsm",
+    "invoke": "reactor.cli_jobs:invoke",
+    "replay": "reactor.cli_jobs:replay",
+    "demo": "reactor.cli_jobs:demo",
+    "consume": "reactor.cli_queue:consume",
+    "publish": "reactor.cli_queue:publish",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on demand."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise click.ClickException(f"command {name!r} is not available: {exc}") from None
+
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("--config", "config_path", metavar="PATH", envvar="REACTOR_CONFIG",
+              help="Configuration file (default: ./config.yml; env REACTOR_CONFIG).")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, config_path: str | None) -> None:
+    """PipelineJobs Reactor: the auditable record of every pipeline job."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    ctx.obj["config_path"] = config_path
+
+
+def app_from_context(**overrides):
+    """Build the App for the current command (errors become one clear line)."""
+    from .app import App
+    from .errors import ReactorError
+    from . import config as _config
+
+    ctx = click.get_current_context()
+    path = ctx.find_root().params.get("config_path")
+    try:
+        settings = _config.load(path=path) if path else _config.load()
+        if overrides:
+            settings = settings.with_overrides(**overrides)
+        return App(settings)
+    except ReactorError as exc:
+        handle_error(exc)
+
+
+def handle_error(exc: BaseException) -> "NoReturn":  # noqa: F821
+    """Turn an expected exception into one error line and exit 2; re-raise with --debug."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().params.get("debug"):
+        raise exc
+    click.echo(f"reactor: error: {exc}", err=True)
+    sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -42,7 +42,8 @@ class App:
         return open_store(uri, database=self.settings.database,
                           write_concern=self.settings.write_concern,
                           journal=self.settings.journal,
-                          server_selection_timeout_ms=self.settings.server_selection_timeout_ms)
+                          server_selection_timeout_ms=self.settings.server_selection_timeout_ms,
+                          job_locks=self.settings.job_locks)
 
     @cached_property
     def jobs(self):

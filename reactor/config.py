@@ -15,6 +15,8 @@ from .errors import ConfigError
 
 ENV_PREFIX = "REACTOR_"
 CONFIG_ENV = "REACTOR_CONFIG"
+# REACTOR_* variables that belong to tools around the reactor, not to its configuration.
+NOT_CONFIG_ENV = frozenset({CONFIG_ENV, "REACTOR_SERVICES_DIR"})
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ KEYS: tuple[Key, ...] = (
     Key("journal", bool, True, "MongoDB write concern j (wait for the journal)"),
     Key("server_selection_timeout_ms", int, 3000, "MongoDB server selection timeout",
         _positive),
+    Key("job_locks", str, "auto", "MongoDB per-job lease locks: auto (only for MongoDB-wire "
+        "servers that are not MongoDB), on or off", lambda v: v in ("auto", "on", "off")),
     Key("broker_url", str, "", "amqp://… URL of RabbitMQ; empty = no broker (embedded mode)"),
     Key("secret", str, "", "Token secret (prefer secret_file); at least 16 bytes"),
     Key("secret_file", str, "", "File holding the token secret"),
@@ -111,6 +115,10 @@ class Settings:
     values: Mapping[str, Any]
     sources: Mapping[str, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # the secret never reaches a log or traceback
+        shown = {k: ("***" if k == "secret" and v else v) for k, v in self.values.items()}
+        return f"Settings({shown!r})"
+
     def __getattr__(self, name: str) -> Any:
         try:
             return self.values[name]
@@ -172,7 +180,7 @@ def load(env: Mapping[str, str] | None = None, path: str | os.PathLike | None = 
             sources[name] = str(cfg_path)
     env_names = {k.env: k for k in KEYS}
     for var, raw in env.items():
-        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+        if not var.startswith(ENV_PREFIX) or var in NOT_CONFIG_ENV:
             continue
         key = env_names.get(var)
         if key is None:

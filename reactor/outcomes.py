@@ -15,7 +15,7 @@ RETRY = "retry"
 
 REJECT_REASONS = ("too_large", "decode_error", "schema_invalid", "unknown_event", "unknown_job",
                   "auth_failed", "invalid_transition")
-RETRY_REASONS = ("store_unavailable", "timeout")
+RETRY_REASONS = ("store_unavailable", "timeout", "internal_error")
 DEAD_LETTER_ONLY_REASONS = ("retries_exhausted",)
 
 

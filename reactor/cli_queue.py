@@ -1,0 +1,116 @@
+"""Queue commands: ``reactor consume`` (the long-running consumer) and ``reactor publish``."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .cli import app_from_context, handle_error
+from .errors import ReactorError
+
+# Expected failures become one error line; anything else is a bug and keeps its traceback.
+_EXPECTED = (ReactorError, ValueError, OSError)
+
+
+def _member(value: str) -> tuple[int, int]:
+    try:
+        index, members = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected INDEX/COUNT such as 0/3, got {value!r}") from None
+    if members < 1 or not 0 <= index < members:
+        raise click.BadParameter(f"INDEX must be in 0..COUNT-1 and COUNT >= 1, got {value!r}")
+    return index, members
+
+
+def _broker_url(app) -> str:
+    url = app.settings.broker_url
+    if not url:
+        raise click.UsageError("no broker configured: set REACTOR_BROKER_URL (or broker_url in "
+                               "config.yml) to an amqp:// URL")
+    return url
+
+
+@click.command()
+@click.option("--health-file", metavar="PATH", help="Rewrite this JSON file every "
+              "--health-interval seconds while running ({status, pid, updated, counts}); "
+              "fresh mtime = alive, status 'consuming' = ready. Removed on exit.")
+@click.option("--health-interval", default=5.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=0.1), help="Seconds between health-file writes.")
+@click.option("--grace", default=30.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=0), help="On SIGTERM/SIGINT, how long the message in "
+              "progress may take before the connection is closed anyway (it is then "
+              "redelivered, never lost).")
+@click.option("--partitions", type=click.IntRange(min=0), metavar="N", help="Consume the "
+              "partitioned layout: N single-active-consumer queues behind a consistent-hash "
+              "exchange keyed on the job uuid (0 = one main queue). Every consumer and "
+              "publisher of one exchange must use the same N.")
+@click.option("--member", default="0/1", show_default=True, metavar="INDEX/COUNT",
+              help="With --partitions: consume the partitions p with p % COUNT == INDEX.")
+def consume(health_file: str | None, health_interval: float, grace: float,
+            partitions: int | None, member: str) -> None:
+    """Consume events from RabbitMQ until SIGTERM/SIGINT; ack each only after its commit."""
+    from .consumer import Consumer, HealthFile, Limits
+    from .invoke import log_to_stderr
+    from .pipeline import Pipeline
+    from .transport import Topology
+
+    index, members = _member(member)
+    app = app_from_context()
+    try:
+        url = _broker_url(app)
+        settings = app.settings
+        log_to_stderr(settings.log_level)
+        topology = Topology.from_settings(settings, partitions)
+        queues = topology.member_queues(index, members)
+        consumer = Consumer(Pipeline.from_app(app), app.store.ping, url, topology,
+                            settings.prefetch, Limits.from_settings(settings), queues=queues,
+                            grace_s=grace, health=HealthFile(health_file) if health_file else None,
+                            health_interval_s=health_interval)
+        code = consumer.run()
+    except _EXPECTED as exc:
+        handle_error(exc)
+    finally:
+        app.close()
+    if consumer.transport.error:
+        click.echo(f"reactor: error: {consumer.transport.error}", err=True)
+    sys.exit(code)
+
+
+@click.command()
+@click.argument("sources", nargs=-1, required=True, metavar="FILE…|-")
+@click.option("--raw", is_flag=True, help="Send each file's bytes as one message, unparsed "
+              "(for deliberately malformed input).")
+@click.option("--unique-ids", is_flag=True, help="Give every message a fresh message id "
+              "(default: a digest of the body, so re-publishing a file is a no-op).")
+@click.option("--partitions", type=click.IntRange(min=0), metavar="N",
+              help="Declare the partitioned layout with N partitions (as `consume` does).")
+def publish(sources: tuple[str, ...], raw: bool, unique_ids: bool,
+            partitions: int | None) -> None:
+    """Publish message files (or - for stdin) as persistent messages with publisher confirms.
+
+    A file holds one JSON object, a JSON array of objects, or JSON lines. Prints how many the
+    broker confirmed; exits 1 if any was not confirmed, 2 on bad input (nothing published).
+    """
+    from .publisher import parse_messages, publish as publish_all
+    from .transport import Topology
+
+    app = app_from_context()
+    try:
+        url = _broker_url(app)
+        topology = Topology.from_settings(app.settings, partitions)
+        messages = []
+        for source in sources:
+            if source == "-":
+                data, name = sys.stdin.buffer.read(), "<stdin>"
+            else:
+                with open(source, "rb") as f:
+                    data, name = f.read(), source
+            messages += parse_messages(name, data, raw=raw, unique_ids=unique_ids)
+        report = publish_all(url, topology, messages)
+    except _EXPECTED as exc:
+        handle_error(exc)
+    for source, why in report.failed:
+        click.echo(f"reactor: not confirmed: {source}: {why}", err=True)
+    click.echo(f"confirmed {report.confirmed} of {report.total} message(s) to exchange "
+               f"{topology.exchange!r}")
+    sys.exit(0 if report.ok else 1)

@@ -1,0 +1,363 @@
+"""The queue consumer: what happens to each delivery, decided here, carried out by the transport.
+
+One worker thread processes deliveries in arrival order through the shared ``Pipeline`` and
+settles each one only after the pipeline returned (so after its commit):
+
+- ``applied`` / ``duplicate`` → ack;
+- ``rejected:<reason>`` → a copy to the dead-letter queue with reason, detail, attempts,
+  first-seen time and the original routing key and message id as headers, confirmed by the
+  broker, then ack; ``invalid_transition`` first goes through the delayed-retry queue
+  ``transition_retries`` times (it may be an out-of-order arrival);
+- ``retry:<reason>`` → a few quick in-process retries (tenacity: exponential backoff, jitter);
+  if the store does not answer at all, the consumer pauses (no new deliveries, nothing acked)
+  and resumes when it answers again; if the store answers but this message keeps failing, or
+  processing raised unexpectedly, the attempt is counted and the message goes through the
+  delayed-retry queue until ``max_attempts``, then to the dead-letter queue as
+  ``retries_exhausted``.
+
+Attempts travel in the ``x-reactor-attempts`` header of the copies, so a poison message ends in
+the dead-letter queue instead of looping. Tokens never reach headers or logs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue as _queue
+import signal
+import threading
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from tenacity import (Retrying, retry_if_exception_type, retry_if_result, stop_after_attempt,
+                      stop_when_event_set, wait_exponential, wait_random)
+
+from .outcomes import REJECTED, RETRY, Outcome
+from .records import now_iso
+from .tokens import mask, mask_text
+from .transport import ConsumerTransport, Delivery, Topology
+
+log = logging.getLogger(__name__)
+
+PREFIX = "x-reactor-"
+ATTEMPTS = PREFIX + "attempts"            # failed deliveries so far (int)
+FIRST_SEEN = PREFIX + "first-seen"        # when the reactor first processed the message
+ROUTING_KEY = PREFIX + "routing-key"      # routing key it was originally published with
+EXCHANGE = PREFIX + "exchange"            # exchange it was originally published to
+QUEUE = PREFIX + "queue"                  # main queue it was consumed from
+MESSAGE_ID = PREFIX + "message-id"        # its AMQP message id (or none)
+REASON = PREFIX + "reason"                # dead letters: the rejection reason
+DETAIL = PREFIX + "detail"                # dead letters: what was wrong (tokens masked)
+OUTCOME = PREFIX + "outcome"              # dead letters: the outcome label
+DEAD_LETTERED_AT = PREFIX + "dead-lettered-at"
+RETRY_REASON = PREFIX + "retry-reason"    # delayed retries: why the last attempt failed
+# Header names under which a sender might have put a secret; never copied onward.
+_SECRET_HEADERS = ("token", "authorization", "password", "secret")
+# The broker's own redelivery counter (quorum queues): already folded into ATTEMPTS.
+_BROKER_COUNT = "x-delivery-count"
+DETAIL_CHARS = 1000
+
+ACK = "ack"
+RETRY_LATER = "retry_later"
+DEAD_LETTER = "dead_letter"
+INTERNAL_ERROR = "internal_error"
+RETRIES_EXHAUSTED = "retries_exhausted"
+INVALID_TRANSITION = "invalid_transition"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How often and how long to retry (from configuration, plus in-process retry tuning)."""
+
+    max_attempts: int = 5
+    transition_retries: int = 3
+    local_retries: int = 4          # in-process tries of a retry outcome before looking closer
+    local_wait_max_s: float = 2.0   # cap of the in-process backoff
+    probe_wait_max_s: float = 5.0   # cap of the backoff between store probes in an outage
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "Limits":
+        """Limits from ``max_attempts`` and ``transition_retries``."""
+        return cls(max_attempts=settings.max_attempts,
+                   transition_retries=settings.transition_retries)
+
+
+@dataclass(frozen=True)
+class Action:
+    """What to do with a delivery once its outcome is known."""
+
+    kind: str                  # ACK, RETRY_LATER or DEAD_LETTER
+    reason: str | None = None
+    detail: str = ""
+
+
+def attempt_number(delivery: Delivery) -> int:
+    """Which delivery of this message this is: 1 + failed attempts recorded so far."""
+    headers = delivery.headers
+    # Quorum queues count redeliveries (crashes, nacks) themselves; count those too.
+    return 1 + _count(headers.get(ATTEMPTS)) + _count(headers.get("x-delivery-count"))
+
+
+def _count(value: Any) -> int:
+    # A sender controls these headers; anything but a small non-negative int counts as 0.
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return min(max(value, 0), 1_000_000)
+
+
+def decide(outcome: Outcome, attempt: int, limits: Limits) -> Action:
+    """The action for ``outcome`` on delivery number ``attempt`` of a message."""
+    if outcome.ok:
+        return Action(ACK)
+    if outcome.kind == REJECTED:
+        if outcome.reason == INVALID_TRANSITION and attempt <= limits.transition_retries:
+            return Action(RETRY_LATER, outcome.reason, outcome.detail)
+        return Action(DEAD_LETTER, outcome.reason, outcome.detail)
+    if attempt < limits.max_attempts:
+        return Action(RETRY_LATER, outcome.reason, outcome.detail)
+    return Action(DEAD_LETTER, RETRIES_EXHAUSTED,
+                  f"{attempt} attempts failed; last: {outcome.label}: {outcome.detail}")
+
+
+def forwarded_properties(delivery: Delivery, action: Action, attempt: int, outcome_label: str,
+                         now: str | None = None) -> dict:
+    """Properties of the copy of ``delivery`` that ``action`` sends on (body unchanged)."""
+    now = now or now_iso()
+    headers = {k: v for k, v in delivery.headers.items() if k != _BROKER_COUNT
+               and not any(s in str(k).lower() for s in _SECRET_HEADERS)}
+    # Where it came from is kept from the first delivery: later ones arrive via the retry queue.
+    headers.setdefault(FIRST_SEEN, now)
+    headers.setdefault(ROUTING_KEY, delivery.routing_key)
+    headers.setdefault(EXCHANGE, delivery.exchange)
+    headers[ATTEMPTS] = attempt
+    headers[QUEUE] = delivery.queue
+    detail = scrub(action.detail or "", delivery)[:DETAIL_CHARS]
+    if action.kind == RETRY_LATER:
+        headers[RETRY_REASON] = action.reason
+    else:
+        headers.update({REASON: action.reason, DETAIL: detail, OUTCOME: outcome_label,
+                        MESSAGE_ID: delivery.message_id or "", DEAD_LETTERED_AT: now})
+    props = {k: v for k, v in delivery.properties.items() if k != "headers"}
+    props["headers"] = headers
+    props["delivery_mode"] = 2
+    return props
+
+
+def _backoff(first_s: float, cap_s: float):
+    # Exponential with random jitter, so consumers hit by one outage do not retry in lockstep.
+    return wait_exponential(multiplier=first_s, max=cap_s) + wait_random(0, first_s)
+
+
+def scrub(text: str, delivery: Delivery) -> str:
+    """``text`` with token-like values and the message's own token masked (for headers, logs)."""
+    try:
+        token = json.loads(delivery.body).get("token")
+    except (ValueError, AttributeError, RecursionError):
+        token = None
+    if isinstance(token, str) and len(token) >= 4:
+        text = text.replace(token, mask(token))
+    return mask_text(text)
+
+
+class HealthFile:
+    """A JSON file rewritten every few seconds while the consumer runs (liveness/readiness).
+
+    Fresh mtime = the IO loop is alive; ``"status": "consuming"`` = ready. Removed on exit.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def write(self, status: str, counts: Mapping[str, int]) -> None:
+        """Replace the file atomically with the current status."""
+        doc = {"status": status, "pid": os.getpid(), "updated": now_iso(),
+               "counts": dict(counts)}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        """Delete the file (the consumer has stopped)."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+_STOP = object()
+
+
+class Consumer:
+    """Consume events with the pipeline; ``run`` returns the process exit code."""
+
+    def __init__(self, pipeline: Any, probe_store: Callable[[], None], url: str,
+                 topology: Topology, prefetch: int, limits: Limits, *,
+                 queues: list[str] | None = None, grace_s: float = 30.0,
+                 health: HealthFile | None = None, health_interval_s: float = 5.0):
+        self.pipeline = pipeline
+        self.probe_store = probe_store
+        self.topology = topology
+        self.limits = limits
+        self.grace_s = grace_s
+        self.health = health
+        self.health_interval_s = health_interval_s
+        self.counts: Counter[str] = Counter()
+        self.transport = ConsumerTransport(url, topology, queues or topology.main_queues,
+                                           prefetch, self._inbox_put)
+        self._inbox: _queue.Queue = _queue.Queue()
+        self._stop = threading.Event()
+        self._outage = False
+        self._worker = threading.Thread(target=self._work, name="reactor-worker", daemon=True)
+        self.exit_code = 0
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def run(self, install_signals: bool = True) -> int:
+        """Consume until stopped (SIGTERM/SIGINT or ``request_stop``); 0 on a clean stop."""
+        if install_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        if self.health is not None:
+            self.transport.every(self.health_interval_s, self._write_health)
+        self._worker.start()
+        try:
+            self.transport.run()
+        finally:
+            self._stop.set()
+            self._inbox.put(_STOP)
+            self._worker.join(timeout=5)
+            if self.health is not None:
+                self.health.remove()
+        log.info("stopped; outcomes: %s", dict(self.counts) or "none")
+        if self.transport.error:
+            return 2
+        return self.exit_code
+
+    def request_stop(self) -> None:
+        """Stop taking deliveries, finish the one in progress, close (safe from any thread)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._inbox.put(_STOP)
+        self.transport.stop_consuming()
+        self.transport.threadsafe(self._force_close_later)
+
+    def _force_close_later(self) -> None:
+        # Runs on the IO thread: give in-flight work ``grace_s``, then close regardless.
+        self.transport.ioloop.call_later(self.grace_s, self.transport.force_close)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.info("received %s: draining", signal.Signals(signum).name)
+        self.request_stop()
+
+    def _write_health(self) -> None:
+        status = "paused" if self._outage else self.transport.status
+        self.health.write(status, self.counts)
+
+    # --- worker ----------------------------------------------------------------------------
+    def _inbox_put(self, delivery: Delivery) -> None:
+        self._inbox.put(delivery)
+
+    def _work(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item is _STOP:
+                break
+            # Not started before the stop, or from a dead channel: leave it to the broker.
+            if self._stop.is_set() or not self.transport.is_current(item):
+                continue
+            try:
+                self._handle(item)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not wedge the consumer
+                log.error("internal error handling delivery %d: %s", item.tag,
+                          mask_text("".join(traceback.format_exception(exc))))
+                self.exit_code = 1
+                self.request_stop()
+        self.transport.close()
+
+    def _handle(self, delivery: Delivery) -> None:
+        attempt = attempt_number(delivery)
+        while True:
+            outcome = self._process(delivery)
+            if outcome is None:
+                return  # stopping mid-retry: not settled, the broker redelivers it
+            if outcome.kind != RETRY or self._store_answers():
+                break
+            if not self._ride_out_outage():
+                return
+        action = decide(outcome, attempt, self.limits)
+        self._settle(delivery, action, attempt, outcome)
+
+    def _process(self, delivery: Delivery) -> Outcome | None:
+        """The outcome, after quick in-process retries of transient (retry) outcomes."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self.limits.local_retries) | stop_when_event_set(self._stop),
+            wait=_backoff(0.1, self.limits.local_wait_max_s),
+            retry=retry_if_result(lambda o: o.kind == RETRY and o.reason != INTERNAL_ERROR),
+            sleep=self._stop.wait, retry_error_callback=lambda state: state.outcome.result())
+        outcome = retrying(self._process_once, delivery)
+        if outcome.kind == RETRY and self._stop.is_set():
+            return None
+        return outcome
+
+    def _process_once(self, delivery: Delivery) -> Outcome:
+        try:
+            return self.pipeline.process(delivery.body, delivery.message_id)
+        except Exception as exc:  # noqa: BLE001 - unexpected: counted as a failed attempt
+            text = scrub(f"{type(exc).__name__}: {exc}", delivery)
+            log.error("processing delivery %d (message id %s) raised %s", delivery.tag,
+                      delivery.message_id,
+                      scrub("".join(traceback.format_exception(exc)).rstrip(), delivery))
+            return Outcome(RETRY, INTERNAL_ERROR, text)
+
+    def _store_answers(self) -> bool:
+        try:
+            self.probe_store()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not answering"
+            log.warning("store does not answer: %s", mask_text(str(exc)))
+            return False
+        return True
+
+    def _ride_out_outage(self) -> bool:
+        """Pause consuming until the store answers again; False if stopped meanwhile."""
+        self._outage = True
+        self.transport.pause()
+        log.warning("store unavailable: paused consuming; probing until it answers")
+        probing = Retrying(retry=retry_if_exception_type(Exception),
+                           wait=_backoff(0.5, self.limits.probe_wait_max_s),
+                           stop=stop_when_event_set(self._stop), sleep=self._stop.wait,
+                           reraise=True)
+        try:
+            probing(self.probe_store)
+        except Exception:  # noqa: BLE001 - only reached when stopping
+            return False
+        finally:
+            self._outage = False
+        log.info("store answers again: resuming")
+        self.transport.resume()
+        return not self._stop.is_set()
+
+    def _settle(self, delivery: Delivery, action: Action, attempt: int,
+                outcome: Outcome) -> None:
+        if action.kind == ACK:
+            self.counts[outcome.label] += 1
+            log.info("%s: %s (message id %s)", outcome.label, mask_text(outcome.detail),
+                     delivery.message_id)
+            self.transport.ack(delivery)
+            return
+        self.counts[f"{action.kind}:{action.reason}"] += 1
+        props = forwarded_properties(delivery, action, attempt, outcome.label)
+        if action.kind == RETRY_LATER:
+            target = self.topology.retry_queue_for(delivery.queue)
+            log.info("%s on attempt %d: retrying after %d ms (message id %s): %s",
+                     outcome.label, attempt, self.topology.retry_delay_ms,
+                     delivery.message_id, scrub(outcome.detail, delivery))
+        else:
+            target = self.topology.dead_letter_queue
+            log.warning("dead-lettering (%s) after %d attempt(s) (message id %s): %s",
+                        action.reason, attempt, delivery.message_id,
+                        scrub(action.detail, delivery))
+        self.transport.forward(delivery, target, delivery.body, props)
+

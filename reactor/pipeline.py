@@ -1,0 +1,148 @@
+"""The one processing pipeline every entry point shares (queue consumer, invoke, replay, demo).
+
+``Pipeline.process`` turns one message into exactly one ``Outcome``: the message contract
+(``reactor.messages``) decides what the message means, ``Jobs`` applies it with one atomic
+compare-and-set that also carries the duplicate key. Expected failures become outcome values;
+anything else is a bug and propagates, so the caller can count the attempt.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+from . import messages, schemas
+from .errors import AuthError, MachineError, StoreUnavailable, UnknownJob
+from .messages import DeleteMessage, EventMessage
+from .outcomes import APPLIED, DUPLICATE, REJECTED, Outcome, OutcomeSignal, Reject, Retry
+from .tokens import mask_text
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 262144
+# Collection remembering applied delete actions, so a redelivered delete is a duplicate even
+# though the job (and with it the history that normally holds the key) is gone.
+DELETIONS = "deletions"
+
+
+class Pipeline:
+    """Size → decode → classify → validate → normalise → authorise → commit → outcome."""
+
+    def __init__(self, jobs: "reactor.jobs.Jobs", max_bytes: int = DEFAULT_MAX_BYTES):  # noqa: F821
+        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
+            raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        self.jobs = jobs
+        self.max_bytes = max_bytes
+        schemas.validators()  # compile every schema now: a broken schema is a start-up error
+
+    @classmethod
+    def from_app(cls, app: "reactor.app.App") -> "Pipeline":  # noqa: F821
+        """The pipeline over an App's jobs, with its configured size limit."""
+        return cls(app.jobs, app.settings.max_message_bytes)
+
+    def process(self, body: bytes, message_id: str | None = None,
+                params: Mapping[str, str] | None = None) -> Outcome:
+        """Process one message; return its one outcome (unexpected exceptions propagate)."""
+        if isinstance(body, str):
+            body = body.encode("utf-8", "surrogateescape")
+        key = messages.duplicate_key(body, message_id, params)
+        try:
+            message = messages.parse(body, params, self.max_bytes)
+        except messages.MessageRejected as signal:
+            outcome = Outcome(REJECTED, signal.reason, signal.detail, signal.job_uuid,
+                              signal.event, None, key)
+        else:
+            if isinstance(message, DeleteMessage):
+                outcome = self._delete(message, key)
+            else:
+                outcome = self._apply(message, key)
+        log.debug("outcome %s for job %s (%s)", outcome.label, outcome.job_uuid, outcome.detail)
+        return outcome
+
+    # --- events ------------------------------------------------------------------------------
+    def _apply(self, message: EventMessage, key: str) -> Outcome:
+        uuid, event = message.uuid, message.event
+        state = None
+        try:
+            record = self.jobs.get(uuid)
+            state = record["state"]
+            result = self.jobs.apply(uuid, event, message.data, token=message.token, key=key,
+                                     record=record)
+        except UnknownJob as exc:
+            return self._signal(Reject("unknown_job", str(exc)), message, key, None)
+        except AuthError as exc:
+            return self._signal(Reject("auth_failed", str(exc)), message, key, state)
+        except MachineError as exc:
+            state = self._state_now(uuid, state)
+            detail = f"job {uuid}: {exc.value}"
+            return self._signal(Reject("invalid_transition", detail), message, key, state)
+        except StoreUnavailable as exc:
+            return self._signal(_retry("store_unavailable", exc), message, key, state)
+        except TimeoutError as exc:
+            return self._signal(_retry("timeout", exc), message, key, state)
+        after = result.record["state"]
+        if result.applied:
+            return Outcome(APPLIED, None, f"job {uuid}: {event} moved {result.from_state} → "
+                           f"{after}", uuid, event, after, key)
+        return Outcome(DUPLICATE, None, f"job {uuid}: this message ({_short_key(key)}) was "
+                       "already applied; nothing changed", uuid, event, after, key)
+
+    def _state_now(self, uuid: str, fallback: str | None) -> str | None:
+        # The compare-and-set may have re-read the job before refusing; report the state it saw.
+        try:
+            record = self.jobs.store.get_job(uuid)
+        except StoreUnavailable:
+            return fallback
+        return record["state"] if record else fallback
+
+    # --- delete actions ----------------------------------------------------------------------
+    def _delete(self, message: DeleteMessage, key: str) -> Outcome:
+        uuid = message.uuid
+        store = self.jobs.store
+        try:
+            done = store.get_document(DELETIONS, uuid)
+            if done and done.get("key") == key and self.jobs.authority.is_admin(message.token):
+                return Outcome(DUPLICATE, None, f"job {uuid}: this delete ({_short_key(key)}) "
+                               "was already applied; nothing changed", uuid, "delete", None, key)
+            deleted = self.jobs.delete(uuid, message.token, force=message.force)
+            if deleted:
+                store.put_document(DELETIONS, {"uuid": uuid, "key": key, "force": message.force,
+                                               "date": self.jobs.clock()})
+        except UnknownJob as exc:
+            return self._signal(Reject("unknown_job", str(exc)), message, key, None)
+        except AuthError as exc:
+            return self._signal(Reject("auth_failed", str(exc)), message, key, None)
+        except StoreUnavailable as exc:
+            return self._signal(_retry("store_unavailable", exc), message, key, None)
+        except TimeoutError as exc:
+            return self._signal(_retry("timeout", exc), message, key, None)
+        if message.force:
+            detail = f"job {uuid} deleted with every reference to it"
+            state = None
+        else:
+            detail = f"job {uuid} hidden (soft delete)" if deleted else \
+                f"job {uuid} was already hidden; nothing changed"
+            state = self._hidden_state(uuid)
+        return Outcome(APPLIED, None, detail, uuid, "delete", state, key)
+
+    def _hidden_state(self, uuid: str) -> str | None:
+        try:
+            record = self.jobs.store.get_job(uuid, include_hidden=True)
+        except StoreUnavailable:
+            return None
+        return record["state"] if record else None
+
+    @staticmethod
+    def _signal(signal: OutcomeSignal, message: EventMessage | DeleteMessage, key: str,
+                state: str | None) -> Outcome:
+        event = getattr(message, "event", "delete")
+        return Outcome(signal.kind, signal.reason, schemas.clip(signal.detail, 500),
+                       message.uuid, event, state, key)
+
+
+def _retry(reason: str, exc: BaseException) -> OutcomeSignal:
+    return Retry(reason, mask_text(str(exc)) or type(exc).__name__)
+
+
+def _short_key(key: str) -> str:
+    return key if len(key) <= 24 else key[:23] + "…"
+

@@ -1,0 +1,207 @@
+"""JSON Schemas of the messages and the job record: loaded from local files, compiled once.
+
+Every ``$ref`` is resolved from a local ``referencing.Registry`` that has no retrieval function,
+so an unknown reference is an error and nothing is ever fetched over the network. The event and
+state enums in ``definitions.json`` are generated from ``reactor.lifecycle`` (the single
+source): ``python -m reactor.schemas --write`` refreshes them, and loading refuses a stale file.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError as SchemaError
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from . import lifecycle
+from .errors import ConfigError
+from .tokens import mask_text
+
+BASE_ID = "https://pipelinejobs-reactor.invalid/schemas/"
+DEFINITIONS = "definitions.json"
+# Message type -> schema file. The job record schema is not a message but shares the registry.
+SCHEMA_FILES = {
+    "event": "event.json",
+    "callback": "job_status_callback.json",
+    "parameters": "parameter_event.json",
+    "delete": "delete_action.json",
+    "job": "job.json",
+}
+MAX_DETAIL = 300
+
+
+def schema_dir() -> Path:
+    """The directory holding the schema files: inside the package, else the repository's."""
+    import reactor
+
+    packaged = Path(reactor.__file__).resolve().parent / "schemas"
+    if (packaged / DEFINITIONS).is_file():
+        return packaged
+    return Path(reactor.__file__).resolve().parent.parent / "schemas"
+
+
+def generated_enums() -> dict[str, list[str]]:
+    """The enums of definitions.json as the lifecycle table defines them."""
+    return {"event_name": list(lifecycle.EVENT_NAMES), "state_name": list(lifecycle.STATE_NAMES)}
+
+
+def write_enums(directory: Path | None = None) -> Path:
+    """Rewrite the generated enums of definitions.json from the lifecycle table."""
+    path = (directory or schema_dir()) / DEFINITIONS
+    doc = json.loads(path.read_text())
+    for name, values in generated_enums().items():
+        doc["$defs"][name]["enum"] = values
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"schema file {str(path)!r} is missing") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"schema file {str(path)!r} is not valid JSON: {exc}") from None
+
+
+def stale_enums(definitions: dict) -> list[str]:
+    """Names of generated enums in ``definitions`` that disagree with the lifecycle table."""
+    defs = definitions.get("$defs", {})
+    return [name for name, values in generated_enums().items()
+            if defs.get(name, {}).get("enum") != values]
+
+
+@lru_cache(maxsize=None)
+def load_documents(directory: str | None = None) -> dict[str, dict]:
+    """Every schema document by file name (definitions included), checked against the table."""
+    base = Path(directory) if directory else schema_dir()
+    docs = {name: _read(base / name) for name in (DEFINITIONS, *SCHEMA_FILES.values())}
+    stale = stale_enums(docs[DEFINITIONS])
+    if stale:
+        raise ConfigError(f"{base / DEFINITIONS}: enums {', '.join(stale)} disagree with "
+                          "reactor.lifecycle; run `python -m reactor.schemas --write`")
+    for name, doc in docs.items():
+        if doc.get("$id") != BASE_ID + name:
+            raise ConfigError(f"schema file {name} must have $id {BASE_ID + name!r}")
+    return docs
+
+
+@lru_cache(maxsize=None)
+def registry(directory: str | None = None) -> Registry:
+    """A registry of the local schema files only (no retrieve function: never the network)."""
+    resources = [(doc["$id"], Resource.from_contents(doc, default_specification=DRAFT202012))
+                 for doc in load_documents(directory).values()]
+    return Registry().with_resources(resources).crawl()
+
+
+@lru_cache(maxsize=None)
+def validators(directory: str | None = None) -> dict[str, Draft202012Validator]:
+    """One compiled validator per schema (by message type), built once and reused."""
+    docs = load_documents(directory)
+    reg = registry(directory)
+    out = {}
+    for kind, name in SCHEMA_FILES.items():
+        Draft202012Validator.check_schema(docs[name])
+        out[kind] = Draft202012Validator(docs[name], registry=reg)
+    return out
+
+
+def validator(kind: str) -> Draft202012Validator:
+    """The compiled validator of one message type (event, callback, parameters, delete, job)."""
+    return validators()[kind]
+
+
+def errors(kind: str, instance: Any) -> list[SchemaError]:
+    """Every schema error of ``instance``, first problem first (document order of paths)."""
+    return sorted(validator(kind).iter_errors(instance), key=_order)
+
+
+def _order(error: SchemaError) -> tuple:
+    # Paths in document order; at the same path the more specific (deeper schema) rule first.
+    path = tuple((0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in error.absolute_path)
+    return (path, -len(error.absolute_schema_path))
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """``value`` as short JSON text for an error message."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def json_type(value: Any) -> str:
+    """The JSON type name of a decoded value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "integer",
+            float: "number"}.get(type(value), type(value).__name__)
+
+
+def describe(error: SchemaError) -> str:
+    """``<JSON path>: <what is wrong> (rule: <keyword>)``, with no token value in it."""
+    path = error.json_path
+    rule = error.validator
+    value = error.instance
+    secret = any(str(p) == "token" for p in error.absolute_path)
+    if secret:
+        # Never echo a token; and no "token: …" text, which log masking would mangle.
+        return clip(f"{path} must be a string of 1 to 256 characters, got {json_type(value)} "
+                    f"(rule: {rule})")
+    if rule == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        what = f"expected {expected}, got {json_type(value)}"
+    elif rule == "pattern":
+        what = f"{short(value)} does not match {error.validator_value}"
+    elif rule == "enum":
+        what = f"{short(value)} is not one of: {', '.join(map(str, error.validator_value))}"
+    elif rule == "const":
+        what = f"{short(value)} must be {short(error.validator_value)}"
+    elif rule in ("maxLength", "minLength"):
+        what = f"string of length {len(value)} breaks {rule} {error.validator_value}"
+    else:
+        what = error.message
+    return clip(f"{path}: {what} (rule: {rule})")
+
+
+def clip(text: str, limit: int = MAX_DETAIL) -> str:
+    """Mask tokens in ``text`` and cut it to ``limit`` characters."""
+    text = mask_text(text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def check_files(directory: Path | None = None) -> list[str]:
+    """Problems with the schema files (empty when they load, compile and match the table)."""
+    try:
+        load_documents.cache_clear()
+        validators.cache_clear()
+        registry.cache_clear()
+        validators(str(directory) if directory else None)
+    except Exception as exc:  # noqa: BLE001 - a check reports every kind of breakage
+        return [str(exc)]
+    return []
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """``python -m reactor.schemas [--write]``: check (or regenerate) the schema enums."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--write"]:
+        print(f"wrote {write_enums()}")
+        return 0
+    if args:
+        print("usage: python -m reactor.schemas [--write]", file=sys.stderr)
+        return 2
+    problems = check_files()
+    for p in problems:
+        print(p, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""MongoDB store (pymongo): one document per job, one ``find_one_and_update`` per state change.
+
+Only single-document atomic operations are used (no transactions), so any MongoDB >= 5.0 will
+do. Keys inside stored documents are escaped reversibly so caller data can never be read as an
+operator or a dotted path.
+
+On MongoDB the compare-and-set alone is atomic. Some MongoDB-wire servers do not apply a
+single-document update atomically (FerretDB 1.x reads, computes and writes back by ``_id``,
+losing concurrent writes) although they do make unique inserts atomic. For those, every write
+to an existing job document also holds a short per-job lease lock (a document in ``job_locks``
+whose ``_id`` is the job uuid, so taking it is one unique insert). ``job_locks="auto"`` turns
+the locks on only for a server whose ``buildInfo`` says it is not MongoDB; the filter of the
+compare-and-set is the same either way, so correctness on MongoDB never depends on the lock.
+"""
+from __future__ import annotations
+
+import random
+import re
+import secrets
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, Iterator
+from urllib.parse import unquote
+
+import pymongo
+from bson import ObjectId
+from bson.codec_options import CodecOptions
+from bson.errors import BSONError
+from pymongo import ReturnDocument
+from pymongo.errors import (
+    ConfigurationError, ConnectionFailure, DuplicateKeyError, ExecutionTimeout, InvalidURI,
+    OperationFailure, PyMongoError, WTimeoutError,
+)
+from pymongo.write_concern import WriteConcern
+
+from ..errors import StoreError, StoreUnavailable
+from ..records import LINKAGE_FIELDS, now_iso
+from .base import COLLECTIONS_WITH_LINKS, JobStore
+from .sqlite import (
+    check_collection, check_delete, check_document, check_entry, check_job_record,
+    check_pipeline, check_query, check_uuid, unlink,
+)
+
+DEFAULT_DATABASE = "reactor"
+DEFAULT_TIMEOUT_MS = 3000
+JOBS, PIPELINES, LOCKS = "jobs", "pipelines", "job_locks"
+# Server error codes that mean "not now" rather than "never": failover, shutdown, time limits.
+TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+LOCK_LEASE_S = 10.0  # a lock older than this was left by a crashed writer and may be broken
+LOCK_WAIT_S = 15.0  # waiting longer than this for a job's lock means the store is unusable now
+
+# --- reversible key escaping -------------------------------------------------------------------
+# '%' is escaped first-class so every '%XX' in a stored key came from escaping, which makes the
+# mapping reversible; '$' and '.' would be read as operators/paths, NUL cannot be in a BSON key.
+_ESCAPES = {"%": "%25", "$": "%24", ".": "%2E", "\x00": "%00"}
+_UNESCAPES = {v: k for k, v in _ESCAPES.items()}
+_NEEDS_ESCAPE = re.compile(r"[%$.\x00]")
+_ESCAPED = re.compile(r"%(?:25|24|2E|00)")
+
+
+def escape_key(key: str) -> str:
+    """A key that MongoDB stores literally (no operator, no path)."""
+    return _NEEDS_ESCAPE.sub(lambda m: _ESCAPES[m.group()], key)
+
+
+def unescape_key(key: str) -> str:
+    """The original of a key made by ``escape_key``."""
+    return _ESCAPED.sub(lambda m: _UNESCAPES[m.group()], key)
+
+
+def escape(value: Any) -> Any:
+    """A deep copy of ``value`` with every dict key escaped, at any depth."""
+    if isinstance(value, dict):
+        return {escape_key(k): escape(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [escape(v) for v in value]
+    return value
+
+
+def unescape(value: Any) -> Any:
+    """The JSON value of a stored one: keys unescaped, datetimes as ISO strings."""
+    if isinstance(value, dict):
+        return {unescape_key(k): unescape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unescape(v) for v in value]
+    if isinstance(value, datetime):
+        return now_iso(value)
+    if isinstance(value, ObjectId):
+        return str(value)
+    return value
+
+
+def decode(doc: dict) -> dict:
+    """A stored document as the JSON record callers see (without MongoDB's ``_id``)."""
+    return unescape({k: v for k, v in doc.items() if k != "_id"})
+
+
+def _to_datetime(stamp: str) -> datetime:
+    # Stored as BSON dates so server-side queries and sorts work on them; ms precision is what
+    # both BSON and records.now_iso keep, so the string comes back identical.
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+
+
+def encode_entry(entry: dict) -> dict:
+    """A history entry as stored: escaped keys, ``date`` as a BSON date."""
+    doc = escape(entry)
+    doc["date"] = _to_datetime(entry["date"])
+    return doc
+
+
+def encode_job(record: dict) -> dict:
+    """A job record as stored: escaped keys, timestamps as BSON dates."""
+    doc = escape({k: v for k, v in record.items() if k != "history"})
+    doc["created"] = _to_datetime(record["created"])
+    doc["updated"] = _to_datetime(record["updated"])
+    doc["history"] = [encode_entry(h) for h in record["history"]]
+    return doc
+
+
+# --- URIs and options --------------------------------------------------------------------------
+
+def mask_uri(uri: str) -> str:
+    """``uri`` with the password (if any) replaced by ``***``."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return uri
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hosts}{slash}{tail}"
+
+
+def _passwords(uri: str) -> list[str]:
+    # Both spellings: the URI's (percent-encoded) and the decoded one a driver message may show.
+    authority = uri.partition("://")[2].partition("/")[0]
+    userinfo = authority.rpartition("@")[0]
+    if ":" not in userinfo:
+        return []
+    raw = userinfo.split(":", 1)[1]
+    return sorted({raw, unquote(raw)} - {""}, key=len, reverse=True)
+
+
+def _write_concern(w: Any, journal: Any) -> WriteConcern:
+    if not isinstance(journal, bool):
+        raise ValueError(f"journal must be True or False, got {journal!r}")
+    if isinstance(w, str) and w.strip().isdigit():
+        w = int(w.strip())
+    if w != "majority" and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
+        # w=0 (unacknowledged) is refused: a compare-and-set must report whether it matched.
+        raise ValueError(f"write_concern must be 'majority' or a number >= 1, got {w!r}")
+    return WriteConcern(w=w, j=journal)
+
+
+class MongoJobStore(JobStore):
+    """Jobs (collection ``jobs``), pipelines and linked documents in one MongoDB database."""
+
+    def __init__(self, uri: str, database: str | None = None,
+                 write_concern: str | int = "majority", journal: bool = True,
+                 server_selection_timeout_ms: int = DEFAULT_TIMEOUT_MS,
+                 job_locks: str | bool = "auto"):
+        self.uri = mask_uri(uri)  # the only form of the URI this object ever shows
+        self._passwords = _passwords(uri)
+        concern = _write_concern(write_concern, journal)
+        if not isinstance(server_selection_timeout_ms, int) or \
+                isinstance(server_selection_timeout_ms, bool) or server_selection_timeout_ms < 1:
+            raise ValueError("server_selection_timeout_ms must be a positive integer, got "
+                             f"{server_selection_timeout_ms!r}")
+        if database is not None and (not isinstance(database, str) or not database):
+            raise ValueError(f"database must be a non-empty string, got {database!r}")
+        try:
+            # The constructor does not block: it connects in the background.
+            self._client = pymongo.MongoClient(
+                uri, serverSelectionTimeoutMS=server_selection_timeout_ms, tz_aware=True,
+                tzinfo=timezone.utc)
+            # The URI's database wins; ``database`` names one when the URI does not.
+            db = self._client.get_default_database(default=database or DEFAULT_DATABASE)
+        except (InvalidURI, ConfigurationError, ValueError, TypeError) as exc:
+            raise ValueError(f"invalid MongoDB URI {self.uri}: {self._clean(exc)}") from None
+        options = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
+        self._db = db.with_options(codec_options=options, write_concern=concern)
+        self.database = self._db.name
+        self._jobs = self._db[JOBS]
+        self._pipelines = self._db[PIPELINES]
+        # Locks are redundant on MongoDB (see the module docstring), so they need no majority.
+        self._locks = self._db[LOCKS].with_options(write_concern=WriteConcern(w=1))
+        self._indexed: set[str] = set()
+        try:
+            with self._errors("create indexes"):
+                self._jobs.create_index("uuid", unique=True)
+                self._jobs.create_index([("created", pymongo.DESCENDING),
+                                         ("uuid", pymongo.ASCENDING)])
+                self._pipelines.create_index("uuid", unique=True)
+        except StoreError:
+            self._client.close()
+            raise
+        self._indexed.update((JOBS, PIPELINES))
+        self.job_locks = self._decide_job_locks(job_locks)
+
+    def _decide_job_locks(self, setting: str | bool) -> bool:
+        if setting in (True, "on"):
+            return True
+        if setting in (False, "off"):
+            return False
+        if setting != "auto":
+            raise ValueError(f"job_locks must be 'auto', 'on' or 'off', got {setting!r}")
+        with self._errors("read buildInfo"):
+            info = self._client.admin.command("buildInfo")
+        # MongoDB's buildInfo names only its own version fields; a server that announces the
+        # version of another product (e.g. ferretdbVersion) is an emulation: lock.
+        return bool({k for k in info if k.endswith("Version")} - {"version", "gitVersion"})
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def _clean(self, exc: BaseException) -> str:
+        text = str(exc)
+        for secret in self._passwords:
+            text = text.replace(secret, "***")
+        return text
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Translate pymongo errors: unreachable → StoreUnavailable, other refusals → StoreError."""
+        try:
+            yield
+        except (ConnectionFailure, ExecutionTimeout, WTimeoutError) as exc:
+            # ConnectionFailure covers AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError.
+            raise StoreUnavailable(f"MongoDB at {self.uri} is unavailable ({action}): "
+                                   f"{self._clean(exc)}") from None
+        except BSONError as exc:
+            raise ValueError(f"cannot store the document ({action}): {self._clean(exc)}") from None
+        except OperationFailure as exc:
+            if exc.code in TRANSIENT_CODES or exc.has_error_label("RetryableWriteError"):
+                raise StoreUnavailable(f"MongoDB at {self.uri} is unavailable ({action}): "
+                                       f"{self._clean(exc)}") from None
+            raise StoreError(f"MongoDB at {self.uri} refused to {action}: "
+                             f"{self._clean(exc)}") from None
+        except PyMongoError as exc:
+            raise StoreError(f"MongoDB at {self.uri} refused to {action}: "
+                             f"{self._clean(exc)}") from None
+
+    @contextmanager
+    def _job_lock(self, uuid: str) -> Iterator[None]:
+        """Hold the lease lock of job ``uuid`` when locks are on (call inside ``_errors``)."""
+        if not self.job_locks:
+            yield
+            return
+        owner = secrets.token_hex(8)
+        self._acquire(uuid, owner)
+        try:
+            yield
+        finally:
+            self._locks.delete_one({"_id": uuid, "owner": owner})
+
+    def _acquire(self, uuid: str, owner: str) -> None:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        next_check = time.monotonic() + 1.0
+        delay = 0.001
+        while True:
+            try:
+                self._locks.insert_one({"_id": uuid, "owner": owner,
+                                        "at": datetime.now(timezone.utc)})
+                return
+            except DuplicateKeyError:
+                pass
+            now = time.monotonic()
+            if now > deadline:
+                raise StoreUnavailable(f"job {uuid} stayed locked by another writer for "
+                                       f"{LOCK_WAIT_S:g} s in MongoDB at {self.uri}")
+            if now > next_check:
+                self._break_stale_lock(uuid)
+                next_check = now + 1.0
+            # jitter keeps waiting writers from retrying in lockstep
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.032)
+
+    def _break_stale_lock(self, uuid: str) -> None:
+        lock = self._locks.find_one({"_id": uuid})
+        if lock is None:
+            return
+        age = (datetime.now(timezone.utc) - lock["at"]).total_seconds()
+        if age > LOCK_LEASE_S:  # its writer died holding it; its change was never committed
+            self._locks.delete_one({"_id": uuid, "owner": lock["owner"]})
+
+    def _collection(self, name: str):
+        collection = self._db[name]
+        if name not in self._indexed:
+            with self._errors(f"index collection {name}"):
+                collection.create_index("uuid", unique=True)
+            self._indexed.add(name)
+        return collection
+
+    # --- jobs ----------------------------------------------------------------------------------
+    def create_job(self, record: dict) -> tuple[dict, bool]:
+        """Insert ``record`` unless a job with its uuid exists; return (stored record, created)."""
+        doc = encode_job(check_job_record(record))
+        with self._errors("create a job"):
+            try:
+                self._jobs.insert_one(doc)  # adds _id to doc, which decode() drops
+                return decode(doc), True
+            except DuplicateKeyError:
+                existing = self._jobs.find_one({"uuid": record["uuid"]})
+        if existing is None:  # deleted between our insert and our read: the insert now wins
+            return self.create_job(record)
+        return decode(existing), False
+
+    def get_job(self, uuid: str, include_hidden: bool = False) -> dict | None:
+        """The job with ``uuid`` (soft-deleted ones only when asked), or None."""
+        query: dict = {"uuid": check_uuid(uuid, "job uuid")}
+        if not include_hidden:
+            query["_visible"] = True
+        with self._errors("read a job"):
+            doc = self._jobs.find_one(query)
+        return decode(doc) if doc is not None else None
+
+    def list_jobs(self, state: str | None = None, pipeline_uuid: str | None = None,
+                  limit: int = 100, include_hidden: bool = False) -> list[dict]:
+        """Jobs, newest first (then by uuid), optionally filtered by state and pipeline."""
+        check_query(state, pipeline_uuid, limit)
+        query: dict = {}
+        if not include_hidden:
+            query["_visible"] = True
+        if state is not None:
+            query["state"] = state
+        if pipeline_uuid is not None:
+            query["pipeline_uuid"] = pipeline_uuid
+        with self._errors("list jobs"):
+            cursor = self._jobs.find(query).sort(
+                [("created", pymongo.DESCENDING), ("uuid", pymongo.ASCENDING)]).limit(limit)
+            return [decode(doc) for doc in cursor]
+
+    def commit_event(self, uuid: str, from_state: str, to_state: str, entry: dict) -> dict | None:
+        """One compare-and-set: visible job in ``from_state`` → ``to_state``, ``entry`` appended."""
+        check_uuid(uuid, "job uuid")
+        check_uuid(from_state, "from_state")
+        check_uuid(to_state, "to_state")
+        check_entry(entry)
+        query: dict = {"uuid": uuid, "_visible": True, "state": from_state}
+        if entry.get("key") is not None:
+            # "no history entry has this key". $nor is MongoDB's exact equivalent of
+            # {"history.key": {"$ne": key}}, and the one FerretDB 1.x also evaluates correctly
+            # on arrays of subdocuments. Only keys are escaped, never values, so the stored key
+            # equals entry["key"].
+            query["$nor"] = [{"history.key": entry["key"]}]
+        stored = encode_entry(entry)
+        update = {"$set": {"state": to_state, "last_event": entry["name"],
+                           "updated": stored["date"]},
+                  "$inc": {"revision": 1},
+                  "$push": {"history": stored}}
+        with self._errors("commit an event"), self._job_lock(uuid):
+            doc = self._jobs.find_one_and_update(query, update,
+                                                 return_document=ReturnDocument.AFTER)
+        return decode(doc) if doc is not None else None
+
+    def delete_job(self, uuid: str, force: bool = True,
+                   only_if_revision: int | None = None) -> bool:
+        """Hard-delete the job and unlink its uuid everywhere (``force``), or hide it."""
+        check_uuid(uuid, "job uuid")
+        check_delete(force, only_if_revision)
+        query: dict = {"uuid": uuid}
+        if only_if_revision is not None:
+            query["revision"] = only_if_revision
+        if not force:
+            query["_visible"] = True
+            with self._errors("hide a job"), self._job_lock(uuid):
+                hidden = self._jobs.update_one(query, {"$set": {"_visible": False}})
+            return hidden.modified_count == 1
+        with self._errors("delete a job"):
+            with self._job_lock(uuid):
+                if self._jobs.delete_one(query).deleted_count != 1:
+                    return False
+            self._unlink_everywhere(uuid)
+        return True
+
+    def _unlink_everywhere(self, uuid: str) -> None:
+        # No transactions: the job is deleted first, then each collection is cleaned with
+        # idempotent updates. Other jobs are rewritten one by one under their own locks, since
+        # events may be committing to them right now.
+        linking = {"$or": [{field: uuid} for field in LINKAGE_FIELDS]}
+        for other in self._jobs.distinct("uuid", linking):
+            with self._job_lock(other):
+                self._unlink_job(other, uuid)
+        names = set(self._db.list_collection_names()) | set(COLLECTIONS_WITH_LINKS)
+        for name in sorted(names - {JOBS, LOCKS}):
+            if name.startswith("system."):
+                continue
+            collection = self._db[name]
+            for field in LINKAGE_FIELDS:
+                # $elemMatch keeps $pull to arrays (it fails on a scalar); a scalar reference
+                # is then dropped with $unset.
+                collection.update_many({field: {"$elemMatch": {"$eq": uuid}}},
+                                       {"$pull": {field: uuid}})
+                collection.update_many({field: uuid}, {"$unset": {field: ""}})
+
+    def _unlink_job(self, job: str, uuid: str) -> None:
+        doc = self._jobs.find_one({"uuid": job})
+        if doc is None:
+            return
+        fields = {f: doc[f] for f in LINKAGE_FIELDS if f in doc}
+        remaining = dict(fields)
+        if not unlink(remaining, uuid):
+            return
+        change: dict = {}
+        if remaining:
+            change["$set"] = remaining
+        dropped = set(fields) - set(remaining)
+        if dropped:
+            change["$unset"] = {f: "" for f in dropped}
+        self._jobs.update_one({"uuid": job}, change)
+
+    # --- pipelines -----------------------------------------------------------------------------
+    def add_pipeline(self, doc: dict) -> tuple[dict, bool]:
+        """Register a pipeline ``{uuid, name, ...}`` unless its uuid exists; (stored, created)."""
+        stored = escape(check_pipeline(doc))
+        with self._errors("register a pipeline"):
+            try:
+                self._pipelines.insert_one(stored)
+                return decode(stored), True
+            except DuplicateKeyError:
+                existing = self._pipelines.find_one({"uuid": doc["uuid"]})
+        if existing is None:  # never expected: pipelines are not deleted
+            return self.add_pipeline(doc)
+        return decode(existing), False
+
+    def get_pipeline(self, uuid: str) -> dict | None:
+        """The pipeline with ``uuid``, or None."""
+        check_uuid(uuid, "pipeline uuid")
+        with self._errors("read a pipeline"):
+            doc = self._pipelines.find_one({"uuid": uuid})
+        return decode(doc) if doc is not None else None
+
+    def list_pipelines(self) -> list[dict]:
+        """Every registered pipeline, by name (then uuid)."""
+        with self._errors("list pipelines"):
+            cursor = self._pipelines.find().sort([("name", pymongo.ASCENDING),
+                                                  ("uuid", pymongo.ASCENDING)])
+            return [decode(doc) for doc in cursor]
+
+    # --- other linked documents ----------------------------------------------------------------
+    def put_document(self, collection: str, doc: dict) -> None:
+        """Insert or replace a document (keyed by its ``uuid``) in another collection."""
+        check_collection(collection)
+        stored = escape(check_document(doc))
+        with self._errors(f"write to {collection}"):
+            self._collection(collection).replace_one({"uuid": doc["uuid"]}, stored, upsert=True)
+
+    def get_document(self, collection: str, uuid: str) -> dict | None:
+        """A document of another collection, or None."""
+        check_collection(collection)
+        check_uuid(uuid, "document uuid")
+        with self._errors(f"read from {collection}"):
+            doc = self._db[collection].find_one({"uuid": uuid})
+        return decode(doc) if doc is not None else None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def ping(self) -> None:
+        """Return if the server answers; raise StoreUnavailable otherwise."""
+        try:
+            with self._errors("ping"):
+                self._client.admin.command("ping")
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            raise StoreUnavailable(str(exc)) from None
+
+    def close(self) -> None:
+        """Close the client's connections (idempotent)."""
+        self._client.close()
+
+    def __repr__(self) -> str:
+        return f"MongoJobStore({self.uri!r}, database={self.database!r})"

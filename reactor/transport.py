@@ -1,0 +1,678 @@
+"""RabbitMQ transport: the only module that imports pika.
+
+It knows connections, channels, topology, delivery tags and publisher confirms, and nothing about
+jobs or outcomes. ``reactor.consumer`` decides what happens to a message; this module carries it
+out on the wire.
+
+Why ``SelectConnection`` for consuming: its IO loop owns the socket in the main thread and keeps
+servicing heartbeats, confirms and signals however long the store takes, while messages are
+processed on one worker thread that may block (store retries, outages). The worker hands its
+decisions back with ``add_callback_threadsafe``, so only the IO thread ever touches a channel.
+A ``BlockingConnection`` would have to interleave ``process_data_events`` with processing in
+one thread and starve heartbeats while a store call blocks. The publisher side (``reactor
+publish``) is short-lived and synchronous, so it uses a ``BlockingConnection``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import pika
+import pika.exceptions
+from pika.adapters.select_connection import IOLoop
+from pika.exchange_type import ExchangeType
+
+from .errors import ConfigError, ReactorError
+
+log = logging.getLogger(__name__)
+
+HASH_EXCHANGE_TYPE = "x-consistent-hash"
+DEFAULT_HEARTBEAT_S = 30
+# AMQP property names copied from a delivery when it is forwarded (dead letter / delayed retry).
+# ``expiration`` is left out (a forwarded copy must not expire on its own), and so is
+# ``user_id`` (the broker checks it against the forwarding connection's user).
+COPIED_PROPERTIES = ("content_type", "content_encoding", "priority", "correlation_id",
+                     "reply_to", "message_id", "timestamp", "type", "app_id", "cluster_id")
+_NAME = re.compile(r"^[\w.:-]{1,200}$")
+# Broker reply codes that mean "your configuration is wrong", not "try again later".
+_FATAL_REPLY_CODES = {403: "access refused", 404: "not found", 406: "precondition failed",
+                      503: "command invalid", 530: "not allowed"}
+
+
+class BrokerError(ReactorError):
+    """The broker refused an operation, or could not be reached."""
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (safe for logs and errors)."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def connection_parameters(url: str, name: str = "reactor") -> pika.URLParameters:
+    """Parameters for ``url``: heartbeats on (30 s unless the URL says), a connection name."""
+    if not url or not url.startswith(("amqp://", "amqps://")):
+        raise ConfigError(f"broker_url must be an amqp:// or amqps:// URL, got "
+                          f"{redact_url(url)!r}; set REACTOR_BROKER_URL")
+    try:
+        params = pika.URLParameters(url)
+    except Exception as exc:  # noqa: BLE001 - pika raises assorted types for a malformed URL
+        raise ConfigError(f"broker_url {redact_url(url)!r} is not a valid AMQP URL: "
+                          f"{exc}") from None
+    if "heartbeat" not in url:
+        params.heartbeat = DEFAULT_HEARTBEAT_S
+    if "blocked_connection_timeout" not in url:
+        # A broker under a resource alarm blocks publishers; give up (and reconnect) eventually.
+        params.blocked_connection_timeout = 300
+    params.client_properties = {"connection_name": name}
+    return params
+
+
+# --------------------------------------------------------------------------------- topology
+@dataclass(frozen=True)
+class Topology:
+    """Exchanges, queues and bindings, as data; declared the same way by consumer and publisher.
+
+    Events are published to ``exchange`` (fanout, durable) with the job uuid as routing key.
+    Unpartitioned, one main queue is bound to it. With ``partitions`` = N, a consistent-hash
+    exchange (keyed on the routing key, i.e. the job uuid) fans out to N single-active-consumer
+    queues ``<queue>.p<i>``, so one job's events always land in one queue with one active
+    consumer, in order. Every main queue has its own delayed-retry queue (per-queue TTL,
+    dead-lettering back to that main queue); one dead-letter queue serves all.
+    """
+
+    exchange: str = "reactor"
+    queue: str = "reactor.events"
+    dead_letter_queue: str = "reactor.dead"
+    retry_queue: str = "reactor.retry"
+    queue_type: str = "classic"
+    retry_delay_ms: int = 1000
+    partitions: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("exchange", "queue", "dead_letter_queue", "retry_queue"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not _NAME.match(value) or value.startswith("amq."):
+                raise ConfigError(f"bad value for {key!r}: {value!r} (1-200 letters, digits, "
+                                  "'.', '_', ':', '-'; not starting with 'amq.')")
+        names = [self.queue, self.dead_letter_queue, self.retry_queue]
+        if len(set(names)) != 3:
+            raise ConfigError("queue, dead_letter_queue and retry_queue must be three different "
+                              f"names, got {names}")
+        if self.queue_type not in ("classic", "quorum"):
+            raise ConfigError(f"bad value for 'queue_type': {self.queue_type!r} (classic or "
+                              "quorum)")
+        if not isinstance(self.partitions, int) or not 0 <= self.partitions <= 1000:
+            raise ConfigError(f"bad value for 'partitions': {self.partitions!r} (0 = one main "
+                              "queue, else 1-1000 partition queues)")
+        if self.retry_delay_ms < 1:
+            raise ConfigError(f"bad value for 'retry_delay_ms': {self.retry_delay_ms!r}")
+
+    @classmethod
+    def from_settings(cls, settings: Any, partitions: int | None = None) -> "Topology":
+        """The topology named by the configuration (``partitions`` overrides the setting)."""
+        if partitions is None:
+            partitions = getattr(settings, "partitions", 0)
+        return cls(settings.exchange, settings.queue, settings.dead_letter_queue,
+                   settings.retry_queue, settings.queue_type, settings.retry_delay_ms,
+                   partitions)
+
+    @property
+    def hash_exchange(self) -> str:
+        """The consistent-hash exchange of the partitioned layout."""
+        return f"{self.exchange}.hash"
+
+    @property
+    def main_queues(self) -> list[str]:
+        """Every queue events are consumed from (one, or one per partition)."""
+        if not self.partitions:
+            return [self.queue]
+        return [f"{self.queue}.p{i}" for i in range(self.partitions)]
+
+    def member_queues(self, index: int, members: int) -> list[str]:
+        """The main queues consumer ``index`` of ``members`` consumes (partition i % members)."""
+        if not 0 <= index < members:
+            raise ConfigError(f"member index {index} is not in 0..{members - 1}")
+        queues = self.main_queues
+        if members > 1 and not self.partitions:
+            # Competing consumers on one queue are safe, just unordered; every member takes it.
+            return queues
+        if members > len(queues):
+            raise ConfigError(f"{members} members but only {len(queues)} partition queue(s); "
+                              "raise partitions to at least the number of consumers")
+        return [q for i, q in enumerate(queues) if i % members == index]
+
+    def retry_queue_for(self, queue: str) -> str:
+        """The delayed-retry queue that returns messages to main queue ``queue``."""
+        if not self.partitions:
+            return self.retry_queue
+        return f"{self.retry_queue}.{queue.rsplit('.', 1)[1]}"
+
+    def declarations(self) -> list[tuple[str, dict]]:
+        """Channel method calls, in order, that create this topology (idempotent)."""
+        args = {"x-queue-type": self.queue_type}
+        steps: list[tuple[str, dict]] = [
+            ("exchange_declare", dict(exchange=self.exchange, exchange_type="fanout",
+                                      durable=True)),
+            ("queue_declare", dict(queue=self.dead_letter_queue, durable=True, arguments=args)),
+        ]
+        source = self.exchange
+        extra: dict = {}
+        weight = ""
+        if self.partitions:
+            steps += [
+                ("exchange_declare", dict(exchange=self.hash_exchange,
+                                          exchange_type=HASH_EXCHANGE_TYPE, durable=True)),
+                ("exchange_bind", dict(destination=self.hash_exchange, source=self.exchange,
+                                       routing_key="")),
+            ]
+            source = self.hash_exchange
+            extra = {"x-single-active-consumer": True}
+            weight = "1"  # equal share of the hash space per partition
+        for queue in self.main_queues:
+            steps += [
+                ("queue_declare", dict(queue=queue, durable=True, arguments={**args, **extra})),
+                ("queue_bind", dict(queue=queue, exchange=source, routing_key=weight)),
+                ("queue_declare", dict(queue=self.retry_queue_for(queue), durable=True,
+                                       arguments={**args, "x-message-ttl": self.retry_delay_ms,
+                                                  "x-dead-letter-exchange": "",
+                                                  "x-dead-letter-routing-key": queue})),
+            ]
+        return steps
+
+
+def _exchange_type(name: str) -> Any:
+    # pika wants its enum for the built-in types and a plain string for plugin types.
+    try:
+        return ExchangeType(name)
+    except ValueError:
+        return name
+
+
+def _declare_kwargs(kwargs: dict) -> dict:
+    if "exchange_type" in kwargs:
+        return {**kwargs, "exchange_type": _exchange_type(kwargs["exchange_type"])}
+    return kwargs
+
+
+def describe_close(reason: BaseException | None) -> str:
+    """A one-line description of why a connection or channel closed."""
+    if reason is None:
+        return "closed"
+    code = getattr(reason, "reply_code", None)
+    text = getattr(reason, "reply_text", None)
+    if code is not None:
+        return f"{code} {text}"
+    return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+
+
+def _fatal(reason: BaseException | None) -> bool:
+    if isinstance(reason, (pika.exceptions.ProbableAuthenticationError,
+                           pika.exceptions.ProbableAccessDeniedError)):
+        return True
+    return getattr(reason, "reply_code", None) in _FATAL_REPLY_CODES
+
+
+def properties_dict(props: Any) -> dict:
+    """A pika ``BasicProperties`` as a plain dict (only the properties that are set)."""
+    out = {}
+    for name in COPIED_PROPERTIES + ("delivery_mode", "expiration", "user_id"):
+        value = getattr(props, name, None)
+        if value is not None:
+            out[name] = value
+    out["headers"] = dict(getattr(props, "headers", None) or {})
+    return out
+
+
+def basic_properties(props: Mapping[str, Any]) -> pika.BasicProperties:
+    """``BasicProperties`` from a plain dict (persistent unless it says otherwise)."""
+    values = {k: v for k, v in props.items() if k in COPIED_PROPERTIES + ("headers",)}
+    values.setdefault("delivery_mode", pika.DeliveryMode.Persistent)
+    return pika.BasicProperties(**values)
+
+
+# --------------------------------------------------------------------------------- deliveries
+@dataclass(frozen=True)
+class Delivery:
+    """One message as delivered: body, where it came from, and the tag to settle it with.
+
+    ``generation`` numbers the channel the delivery arrived on: a tag is only meaningful on
+    that channel, so a delivery from an older generation is never acked.
+    """
+
+    body: bytes
+    tag: int
+    generation: int
+    queue: str
+    exchange: str
+    routing_key: str
+    redelivered: bool
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        return self.properties.get("headers") or {}
+
+    @property
+    def message_id(self) -> str | None:
+        value = self.properties.get("message_id")
+        return str(value) if value not in (None, "") else None
+
+
+class Backoff:
+    """Capped exponential delays with jitter, reset after a connection worked."""
+
+    def __init__(self, initial: float = 0.5, cap: float = 30.0,
+                 rng: Callable[[], float] = random.random):
+        self.initial = initial
+        self.cap = cap
+        self.rng = rng
+        self.failures = 0
+
+    def next(self) -> float:
+        """The delay before the next attempt (half fixed, half random, so peers spread out)."""
+        delay = min(self.cap, self.initial * 2 ** min(self.failures, 30))
+        self.failures += 1
+        return delay / 2 + self.rng() * delay / 2
+
+    def reset(self) -> None:
+        """Start again from the initial delay."""
+        self.failures = 0
+
+
+# --------------------------------------------------------------------------------- consuming
+class ConsumerTransport:
+    """One consuming connection at a time, reconnecting with backoff, one method per callback.
+
+    Public methods other than ``run`` may be called from any thread: they are queued onto the IO
+    loop. ``on_delivery`` is called on the IO thread and must not block.
+    """
+
+    def __init__(self, url: str, topology: Topology, queues: list[str], prefetch: int,
+                 on_delivery: Callable[[Delivery], None], *, backoff: Backoff | None = None,
+                 name: str = "reactor consume"):
+        self.parameters = connection_parameters(url, name)
+        self.url = redact_url(url)
+        self.topology = topology
+        self.queues = list(queues)
+        self.prefetch = prefetch
+        self.on_delivery = on_delivery
+        self.backoff = backoff or Backoff()
+        self.ioloop = IOLoop()
+        self.status = "starting"
+        self.error: str | None = None  # set when the transport gave up for good
+        self.generation = 0
+        self._connection: pika.SelectConnection | None = None
+        self._channel = None
+        self._consumer_tags: set[str] = set()
+        self._publish_seq = 0
+        self._pending: dict[int, Delivery] = {}  # publish seq -> delivery to ack on confirm
+        self._paused = False
+        self._stopping = False
+        self._closing = False
+        self._reconnect_timer = None
+        self._lock = threading.Lock()  # guards generation reads from the worker thread
+
+    # --- thread-safe API -------------------------------------------------------------------
+    def run(self) -> None:
+        """Connect and run the IO loop until ``close`` (blocks the calling thread)."""
+        self.ioloop.add_callback_threadsafe(self._connect)
+        self.ioloop.start()
+
+    def threadsafe(self, fn: Callable, *args) -> None:
+        """Run ``fn(*args)`` on the IO thread."""
+        self.ioloop.add_callback_threadsafe(functools.partial(fn, *args))
+
+    def is_current(self, delivery: Delivery) -> bool:
+        """True while the channel ``delivery`` arrived on is still open."""
+        with self._lock:
+            return delivery.generation == self.generation and self._channel is not None
+
+    def ack(self, delivery: Delivery) -> None:
+        """Acknowledge ``delivery`` (ignored if its channel is gone: the broker redelivers)."""
+        self.threadsafe(self._ack, delivery)
+
+    def forward(self, delivery: Delivery, queue: str, body: bytes,
+                properties: Mapping[str, Any]) -> None:
+        """Publish a copy to ``queue`` with a publisher confirm, then ack ``delivery``."""
+        self.threadsafe(self._forward, delivery, queue, body, dict(properties))
+
+    def pause(self) -> None:
+        """Stop taking deliveries (cancel the consumers; unacked ones stay with us)."""
+        self.threadsafe(self._pause)
+
+    def resume(self) -> None:
+        """Take deliveries again after ``pause``."""
+        self.threadsafe(self._resume)
+
+    def stop_consuming(self) -> None:
+        """Begin a graceful stop: cancel the consumers, take no new deliveries."""
+        self.threadsafe(self._stop_consuming)
+
+    def close(self) -> None:
+        """Close once pending confirms are settled, then end ``run``."""
+        self.threadsafe(self._close)
+
+    def force_close(self) -> None:
+        """Close now, settled or not (unacked deliveries return to their queues)."""
+        self.threadsafe(self._force_close)
+
+    def every(self, seconds: float, fn: Callable[[], None]) -> None:
+        """Call ``fn`` on the IO thread every ``seconds`` for as long as the loop runs."""
+        def tick():
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a periodic task must not kill the IO loop
+                log.exception("periodic task failed")
+            self.ioloop.call_later(seconds, tick)
+        self.threadsafe(tick)
+
+    # --- connection ------------------------------------------------------------------------
+    def _connect(self) -> None:
+        self._reconnect_timer = None
+        if self._stopping:
+            self._finish()
+            return
+        self.status = "connecting"
+        log.info("connecting to %s", self.url)
+        self._connection = pika.SelectConnection(
+            self.parameters, on_open_callback=self.on_connection_open,
+            on_open_error_callback=self.on_connection_open_error,
+            on_close_callback=self.on_connection_closed, custom_ioloop=self.ioloop)
+
+    def on_connection_open(self, connection: pika.SelectConnection) -> None:
+        """Open our one channel."""
+        log.info("connected to %s", self.url)
+        connection.channel(on_open_callback=self.on_channel_open)
+
+    def on_connection_open_error(self, connection: Any, error: BaseException) -> None:
+        """The broker could not be reached or refused us: retry later, or give up if fatal."""
+        self._connection = None
+        if self._stopping:
+            self._finish()
+        elif _fatal(error):
+            self._give_up(f"broker {self.url} refused the connection: {describe_close(error)}")
+        else:
+            self._schedule_reconnect(f"cannot connect to {self.url}: {describe_close(error)}")
+
+    def on_connection_closed(self, connection: Any, reason: BaseException) -> None:
+        """Closed by us (finish) or lost (reconnect with backoff)."""
+        self._connection = None
+        self._channel_gone()
+        if self._closing or self._stopping:
+            self._finish()
+        elif _fatal(reason) and self.status == "declaring":
+            self._give_up(f"broker {self.url} refused the topology: {describe_close(reason)}")
+        else:
+            self._schedule_reconnect(f"connection to {self.url} lost: {describe_close(reason)}")
+
+    def _schedule_reconnect(self, why: str) -> None:
+        delay = self.backoff.next()
+        self.status = "reconnecting"
+        log.warning("%s; reconnecting in %.1fs", why, delay)
+        self._reconnect_timer = self.ioloop.call_later(delay, self._connect)
+
+    def _give_up(self, error: str) -> None:
+        self.error = error
+        log.error("%s", error)
+        self._stopping = True
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.status = "stopped"
+        self.ioloop.stop()
+
+    # --- channel ---------------------------------------------------------------------------
+    def on_channel_open(self, channel: Any) -> None:
+        """Watch the channel, then declare the topology one step at a time."""
+        with self._lock:
+            self.generation += 1
+            self._channel = channel
+        self._publish_seq = 0
+        self._pending.clear()
+        self._consumer_tags.clear()
+        channel.add_on_close_callback(self.on_channel_closed)
+        channel.add_on_cancel_callback(self.on_consumer_cancelled)
+        channel.add_on_return_callback(self.on_message_returned)
+        self.status = "declaring"
+        self._declare(channel, list(self.topology.declarations()))
+
+    def _declare(self, channel: Any, steps: list[tuple[str, dict]], _frame: Any = None) -> None:
+        if channel is not self._channel or not channel.is_open:
+            return
+        if not steps:
+            channel.basic_qos(prefetch_count=self.prefetch, callback=self.on_qos_ok)
+            return
+        method, kwargs = steps[0]
+        getattr(channel, method)(**_declare_kwargs(kwargs),
+                                 callback=functools.partial(self._declare, channel, steps[1:]))
+
+    def on_qos_ok(self, _frame: Any) -> None:
+        """Prefetch set: switch on publisher confirms (for dead letters and retries)."""
+        self._channel.confirm_delivery(ack_nack_callback=self.on_confirm,
+                                       callback=self.on_confirm_select_ok)
+
+    def on_confirm_select_ok(self, _frame: Any) -> None:
+        """Channel ready: consume unless paused or stopping."""
+        self.backoff.reset()
+        if self._stopping:
+            self._close()
+        elif self._paused:
+            self.status = "paused"
+        else:
+            self._start_consuming()
+
+    def on_channel_closed(self, channel: Any, reason: BaseException) -> None:
+        """A closed channel invalidates its delivery tags; the connection goes with it."""
+        if channel is not self._channel:
+            return
+        log.log(logging.INFO if self._closing else logging.WARNING, "channel closed: %s",
+                describe_close(reason))
+        declaring = self.status == "declaring"
+        self._channel_gone()
+        if declaring and _fatal(reason):
+            self._give_up(f"broker {self.url} refused the topology: {describe_close(reason)}; "
+                          "an existing exchange or queue has other settings, or a plugin is "
+                          "missing")
+            return
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()  # on_connection_closed reconnects or finishes
+
+    def _channel_gone(self) -> None:
+        with self._lock:
+            self._channel = None
+        self._pending.clear()
+        self._consumer_tags.clear()
+
+    # --- consuming -------------------------------------------------------------------------
+    def _start_consuming(self) -> None:
+        for queue in self.queues:
+            tag = self._channel.basic_consume(queue, functools.partial(self.on_message, queue))
+            self._consumer_tags.add(tag)
+        self.status = "consuming"
+        log.info("consuming from %s (prefetch %d)", ", ".join(self.queues), self.prefetch)
+
+    def _cancel_consumers(self) -> None:
+        if self._channel is not None and self._channel.is_open:
+            for tag in self._consumer_tags:
+                self._channel.basic_cancel(tag)
+        self._consumer_tags.clear()
+
+    def on_consumer_cancelled(self, frame: Any) -> None:
+        """The broker cancelled us (queue deleted, failover): start over on a new channel."""
+        log.warning("consumer cancelled by the broker: %s", frame.method)
+        if self._channel is not None and self._channel.is_open:
+            self._channel.close()
+
+    def on_message(self, queue: str, channel: Any, method: Any, properties: Any,
+                   body: bytes) -> None:
+        """Hand the delivery to the consumer, tagged with this channel's generation."""
+        if channel is not self._channel:
+            return
+        self.on_delivery(Delivery(bytes(body), method.delivery_tag, self.generation, queue,
+                                  method.exchange, method.routing_key, bool(method.redelivered),
+                                  properties_dict(properties)))
+
+    # --- settling --------------------------------------------------------------------------
+    def _current(self, delivery: Delivery) -> bool:
+        if delivery.generation == self.generation and self._channel is not None \
+                and self._channel.is_open:
+            return True
+        log.info("not settling delivery %d of channel %d: that channel is gone; the broker "
+                 "redelivers it", delivery.tag, delivery.generation)
+        return False
+
+    def _ack(self, delivery: Delivery) -> None:
+        if self._current(delivery):
+            self._channel.basic_ack(delivery.tag)
+        self._maybe_finish_close()
+
+    def _forward(self, delivery: Delivery, queue: str, body: bytes, properties: dict) -> None:
+        if not self._current(delivery):
+            self._maybe_finish_close()
+            return
+        self._publish_seq += 1
+        self._pending[self._publish_seq] = delivery
+        # mandatory: a copy no queue takes comes back (on_message_returned), never silently lost
+        self._channel.basic_publish("", queue, body, basic_properties(properties),
+                                    mandatory=True)
+
+    def on_message_returned(self, channel: Any, method: Any, properties: Any,
+                            body: bytes) -> None:
+        """A forwarded copy had no queue: drop the channel so nothing is acked on its behalf."""
+        log.error("forwarded copy returned by the broker (%s %s, queue %r missing?); "
+                  "reopening the channel so the original is redelivered", method.reply_code,
+                  method.reply_text, method.routing_key)
+        if channel is self._channel and channel.is_open:
+            channel.close()
+
+    def on_confirm(self, frame: Any) -> None:
+        """Broker confirmed (ack) or refused (nack) forwarded copies: settle their originals."""
+        if self._channel is None or not self._channel.is_open:
+            return
+        confirm = frame.method
+        tag = confirm.delivery_tag
+        seqs = [s for s in self._pending if s <= tag] if confirm.multiple else [tag]
+        acked = isinstance(confirm, pika.spec.Basic.Ack)
+        for seq in sorted(seqs):
+            delivery = self._pending.pop(seq, None)
+            if delivery is None:
+                continue
+            if acked:
+                self._channel.basic_ack(delivery.tag)
+            else:
+                log.warning("broker refused forwarded copy of delivery %d; requeueing the "
+                            "original", delivery.tag)
+                self._channel.basic_nack(delivery.tag, requeue=True)
+        self._maybe_finish_close()
+
+    # --- pause, stop, close ----------------------------------------------------------------
+    def _pause(self) -> None:
+        if self._paused:
+            return
+        self._paused = True
+        if self.status == "consuming":
+            self.status = "paused"
+            self._cancel_consumers()
+            log.warning("paused: not taking deliveries until the store answers")
+
+    def _resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        if self.status == "paused" and not self._stopping and self._channel is not None:
+            self._start_consuming()
+            log.info("resumed consuming")
+
+    def _stop_consuming(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._reconnect_timer is not None:
+            self.ioloop.remove_timeout(self._reconnect_timer)
+            self._reconnect_timer = None
+        self.status = "stopping"
+        log.info("stopping: no new deliveries")
+        self._cancel_consumers()
+        if self._connection is None and self._channel is None:
+            self._finish()
+
+    def _close(self) -> None:
+        self._stopping = True
+        self._closing = True
+        self._maybe_finish_close()
+
+    def _maybe_finish_close(self) -> None:
+        if not self._closing or self._pending:
+            return
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()  # on_connection_closed → _finish
+        elif self._connection is None:
+            self._finish()
+
+    def _force_close(self) -> None:
+        self._pending.clear()
+        self._close()
+
+
+# --------------------------------------------------------------------------------- publishing
+class ConfirmingPublisher:
+    """A blocking channel in confirm mode: each ``publish`` returns once the broker confirmed."""
+
+    def __init__(self, url: str, topology: Topology | None = None,
+                 name: str = "reactor publish"):
+        params = connection_parameters(url, name)
+        self.url = redact_url(url)
+        try:
+            self._connection = pika.BlockingConnection(params)
+        except pika.exceptions.AMQPError as exc:
+            raise BrokerError(f"cannot connect to {self.url}: {describe_close(exc)}") from None
+        try:
+            self._channel = self._connection.channel()
+            if topology is not None:
+                for method, kwargs in topology.declarations():
+                    getattr(self._channel, method)(**_declare_kwargs(kwargs))
+            self._channel.confirm_delivery()
+        except pika.exceptions.AMQPError as exc:
+            self.close()
+            raise BrokerError(f"broker {self.url} refused the topology: "
+                              f"{describe_close(exc)}") from None
+
+    def publish(self, exchange: str, routing_key: str, body: bytes,
+                properties: Mapping[str, Any]) -> None:
+        """Publish one persistent message; raise BrokerError unless it was confirmed."""
+        try:
+            self._channel.basic_publish(exchange, routing_key, body,
+                                        basic_properties(properties), mandatory=True)
+        except pika.exceptions.UnroutableError:
+            raise BrokerError(f"no queue is bound to exchange {exchange!r}: the message was "
+                              "returned unrouted") from None
+        except pika.exceptions.NackError:
+            raise BrokerError("the broker refused the message (negative confirm)") from None
+        except pika.exceptions.AMQPError as exc:
+            raise BrokerError(f"publishing failed: {describe_close(exc)}") from None
+
+    @property
+    def is_open(self) -> bool:
+        return self._connection.is_open and self._channel.is_open
+
+    def close(self) -> None:
+        """Close the connection (quietly if it is already gone)."""
+        try:
+            if self._connection.is_open:
+                self._connection.close()
+        except pika.exceptions.AMQPError:
+            pass
+
+    def __enter__(self) -> "ConfirmingPublisher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

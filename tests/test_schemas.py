@@ -1,0 +1,150 @@
+"""The message and record schemas: local files, generated enums, no network, clear errors."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from reactor import lifecycle, messages, schemas
+from reactor.errors import ConfigError
+
+JOB = "107be0e0-539b-5e47-b0b0-d39bb6b90f96"
+
+
+@pytest.fixture
+def fresh_caches():
+    """Forget compiled schemas so a test really loads them (and leave them fresh after)."""
+    for cached in (schemas.load_documents, schemas.registry, schemas.validators):
+        cached.cache_clear()
+    yield
+    for cached in (schemas.load_documents, schemas.registry, schemas.validators):
+        cached.cache_clear()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make every attempt to open a connection or resolve a name fail loudly, and record it."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access attempted during a test that forbids it")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+def test_every_schema_file_is_2020_12_with_its_own_id():
+    ids = set()
+    for name in (schemas.DEFINITIONS, *schemas.SCHEMA_FILES.values()):
+        doc = json.loads((schemas.schema_dir() / name).read_text())
+        assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        assert doc["$id"] == schemas.BASE_ID + name
+        Draft202012Validator.check_schema(doc)
+        ids.add(doc["$id"])
+    assert len(ids) == len(schemas.SCHEMA_FILES) + 1
+
+
+def test_enums_in_the_files_are_the_lifecycle_table():
+    doc = json.loads((schemas.schema_dir() / schemas.DEFINITIONS).read_text())
+    assert doc["$defs"]["event_name"]["enum"] == list(lifecycle.EVENT_NAMES)
+    assert doc["$defs"]["state_name"]["enum"] == list(lifecycle.STATE_NAMES)
+
+
+def test_a_stale_enum_is_refused_at_load_and_regenerated_by_write(tmp_path, fresh_caches):
+    folder = tmp_path / "schemas"
+    shutil.copytree(schemas.schema_dir(), folder)
+    path = folder / schemas.DEFINITIONS
+    doc = json.loads(path.read_text())
+    doc["$defs"]["event_name"]["enum"].remove("retire")
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="event_name"):
+        schemas.validators(str(folder))
+    schemas.write_enums(folder)
+    schemas.load_documents.cache_clear()
+    assert schemas.validators(str(folder))["event"].is_valid(
+        {"uuid": JOB, "name": "retire"})
+
+
+def test_loading_and_validating_never_touch_the_network(no_network, fresh_caches):
+    compiled = schemas.validators()
+    assert set(compiled) == set(schemas.SCHEMA_FILES)
+    assert compiled["event"].is_valid({"uuid": JOB, "name": "run", "data": {"a": 1}})
+    assert not compiled["event"].is_valid({"uuid": JOB, "name": "run", "extra": 1})
+    assert compiled["callback"].is_valid({"parameters": {"uuid": JOB, "status": "RUNNING"},
+                                          "body": {"id": "x"}})
+    assert messages.parse(json.dumps({"uuid": JOB, "name": "RUN"}).encode()).event == "run"
+    assert no_network == []
+
+
+def test_an_unknown_reference_is_an_error_not_a_download(no_network, fresh_caches):
+    from referencing.exceptions import Unresolvable
+
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+              "$id": schemas.BASE_ID + "probe.json",
+              "properties": {"x": {"$ref": "https://example.com/schemas/remote.json"}}}
+    validator = Draft202012Validator(schema, registry=schemas.registry())
+    with pytest.raises(Unresolvable):
+        validator.validate({"x": 1})
+    assert no_network == []
+
+
+def test_validators_are_compiled_once_and_reused():
+    assert schemas.validators() is schemas.validators()
+    assert schemas.validator("event") is schemas.validators()["event"]
+
+
+def test_python_m_reactor_schemas_checks_the_files():
+    assert schemas.main([]) == 0
+
+
+@pytest.mark.parametrize("instance, path, rule", [
+    ({"uuid": JOB}, "$", "required"),
+    ({"uuid": JOB, "name": "run", "data": []}, "$.data", "type"),
+    ({"uuid": "106" + JOB[3:], "name": "run"}, "$.uuid", "pattern"),
+    ({"uuid": JOB, "name": "run", "extra": 1}, "$", "additionalProperties"),
+])
+def test_schema_errors_name_the_json_path_and_the_rule(instance, path, rule):
+    first = schemas.errors("event", instance)[0]
+    detail = schemas.describe(first)
+    assert detail.startswith(path + ":")
+    assert f"(rule: {rule})" in detail
+
+
+def test_a_schema_error_on_the_token_never_shows_the_token():
+    secret = "s3cr3t-token-value-" + "z" * 300
+    detail = schemas.describe(schemas.errors("event", {"uuid": JOB, "name": "run",
+                                                       "token": secret})[0])
+    assert "$.token" in detail and "maxLength" in detail
+    assert "s3cr3t" not in detail
+
+
+def test_the_job_record_schema_accepts_a_new_record():
+    from reactor.records import new_job_record, now_iso
+    from reactor.identifiers import pipeline_uuid
+
+    record = new_job_record(uuid=JOB, pipeline_uuid=pipeline_uuid("p"), data={"a": 1},
+                            date=now_iso())
+    assert schemas.errors("job", record) == []
+    record["state"] = "DONE"
+    assert schemas.describe(schemas.errors("job", record)[0]).startswith("$.state:")
+
+
+@pytest.mark.parametrize("status, event", [
+    ("RUNNING", "run"), ("FINISHED", "finish"), ("FAILED", "fail"), ("STOPPED", "fail"),
+    ("KILLED", "fail"), ("DELETED", "fail"), ("ARCHIVING_FAILED", "fail"),
+    ("HEARTBEAT", "update"), ("UPDATED", "update"), ("PENDING", "resource"),
+    ("QUEUED", "resource"), ("STAGING_INPUTS", "resource"), ("ARCHIVING", "resource"),
+    ("SOMETHING_NEW", "update"), ("running", "run"),
+])
+def test_status_to_event_map(status, event):
+    message = messages.parse(json.dumps({"status": status, "id": "j-1"}).encode(),
+                             {"uuid": JOB, "token": "t"})
+    assert (message.kind, message.event) == ("callback", event)
+    assert message.data["status"] == status.upper()

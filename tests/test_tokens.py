@@ -1,0 +1,142 @@
+"""Tokens (SPEC §4): job tokens per job, admin tokens per time window, masking."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import pytest
+
+from reactor import tokens
+from reactor.identifiers import typed_uuid
+from reactor.tokens import Authority, admin_token, is_admin_token, is_job_token, job_token, mask
+
+SECRET = "unit-test-secret-" + "k" * 20
+JOB = typed_uuid("pipelinejob", "job one")
+OTHER_JOB = typed_uuid("pipelinejob", "job two")
+NOW = 1_700_000_000.0
+WINDOW = 3600
+
+
+def _tamper(token: str) -> str:
+    return token[:-1] + ("0" if token[-1] != "0" else "1")
+
+
+def test_job_token_is_hmac_sha256_of_the_uuid_hex_32_and_stable():
+    t = job_token(SECRET, JOB)
+    assert t == job_token(SECRET, JOB)
+    assert len(t) == 32 and all(c in "0123456789abcdef" for c in t)
+    # Keyed by the secret: a plain hash of the uuid is not the token.
+    assert t != hashlib.sha256(JOB.encode()).hexdigest()[:32]
+    # HMAC-SHA256 under the secret, domain-separated from admin tokens.
+    domain = b"reactor/job-token/v1\x00"
+    assert t == hmac.new(SECRET.encode(), domain + JOB.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def test_job_token_depends_on_job_and_secret():
+    assert job_token(SECRET, JOB) != job_token(SECRET, OTHER_JOB)
+    assert job_token(SECRET, JOB) != job_token(SECRET + "x", JOB)
+
+
+def test_job_token_works_only_for_its_job():
+    t = job_token(SECRET, JOB)
+    assert is_job_token(SECRET, JOB, t)
+    assert not is_job_token(SECRET, OTHER_JOB, t)
+
+
+@pytest.mark.parametrize("bad", ["", None, 0, b"bytes", ["x"], "tampered", "short"])
+def test_job_token_refuses_empty_and_wrong_values(bad):
+    given = _tamper(job_token(SECRET, JOB)) if bad == "tampered" else bad
+    given = job_token(SECRET, JOB)[:8] if bad == "short" else given
+    assert not is_job_token(SECRET, JOB, given)
+
+
+def test_admin_token_is_not_a_job_token_and_vice_versa():
+    a = Authority(SECRET)
+    admin = a.admin_token(NOW)
+    assert admin != a.job_token(JOB)
+    assert not is_job_token(SECRET, JOB, admin)
+    assert not a.is_admin(a.job_token(JOB), NOW)
+
+
+def test_admin_token_valid_in_current_and_previous_window_only():
+    current = admin_token(SECRET, NOW, WINDOW)
+    start = (NOW // WINDOW) * WINDOW
+    assert is_admin_token(SECRET, current, NOW, WINDOW)
+    assert is_admin_token(SECRET, current, start + WINDOW - 0.001, WINDOW)
+    assert is_admin_token(SECRET, current, start + WINDOW, WINDOW)  # now the previous window
+    assert is_admin_token(SECRET, current, start + 2 * WINDOW - 0.001, WINDOW)
+
+
+def test_expired_admin_token_is_refused():
+    current = admin_token(SECRET, NOW, WINDOW)
+    start = (NOW // WINDOW) * WINDOW
+    assert not is_admin_token(SECRET, current, start + 2 * WINDOW, WINDOW)
+    assert not is_admin_token(SECRET, admin_token(SECRET, NOW - 2 * WINDOW, WINDOW), NOW, WINDOW)
+
+
+def test_future_window_admin_token_is_refused():
+    future = admin_token(SECRET, NOW + WINDOW, WINDOW)
+    assert future != admin_token(SECRET, NOW, WINDOW)
+    assert not is_admin_token(SECRET, future, NOW, WINDOW)
+
+
+@pytest.mark.parametrize("bad", ["", None, 42, "tampered", "other-secret"])
+def test_admin_token_refuses_tampered_empty_and_foreign(bad):
+    if bad == "tampered":
+        bad = _tamper(admin_token(SECRET, NOW))
+    elif bad == "other-secret":
+        bad = admin_token(SECRET + "-other", NOW)
+    assert not is_admin_token(SECRET, bad, NOW)
+
+
+def test_authority_allows():
+    a = Authority(SECRET)
+    admin = a.admin_token()
+    own = a.job_token(JOB)
+    assert a.allows(JOB, own)
+    assert not a.allows(OTHER_JOB, own)
+    assert a.allows(JOB, admin) and a.allows(OTHER_JOB, admin)
+    # Admin-only operations (reset, ready, delete) refuse the job token.
+    assert not a.allows(JOB, own, admin_only=True)
+    assert a.allows(JOB, admin, admin_only=True)
+    assert not a.allows(JOB, "", admin_only=False)
+    assert not a.allows(JOB, None)
+
+
+def test_token_length_and_window_are_configurable():
+    a = Authority(SECRET, length=48, window=60)
+    assert len(a.job_token(JOB)) == 48
+    assert len(a.admin_token()) == 48
+    assert a.is_admin(a.admin_token(NOW), NOW + 60)
+    assert not a.is_admin(a.admin_token(NOW), NOW + 120)
+
+
+@pytest.mark.parametrize("weak", ["", "short", b"0123456789"])
+def test_weak_secrets_are_refused(weak):
+    with pytest.raises(ValueError) as info:
+        Authority(weak)
+    assert "16 bytes" in str(info.value)
+    with pytest.raises(ValueError):
+        job_token(weak, JOB)
+
+
+def test_repr_never_shows_the_secret():
+    assert SECRET not in repr(Authority(SECRET))
+
+
+def test_mask_shows_four_characters_at_most():
+    t = job_token(SECRET, JOB)
+    assert mask(t) == t[:4] + "…"
+    assert t[4:] not in mask(t)
+    assert mask("") == "<none>" and mask(None) == "<none>"
+    assert mask("abc") == "…"
+
+
+def test_mask_text_hides_tokens_in_free_text():
+    t = job_token(SECRET, JOB)
+    for text in (f"http://x/cb?uuid={JOB}&token={t}&status=RUNNING",
+                 f'{{"uuid": "{JOB}", "token": "{t}"}}', f"token={t}", f"token: {t}"):
+        masked = tokens.mask_text(text)
+        assert t not in masked
+        assert t[:4] in masked
+    assert JOB in tokens.mask_text(f"uuid={JOB}&token={t}")

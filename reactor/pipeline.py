@@ -8,13 +8,17 @@ anything else is a bug and propagates, so the caller can count the attempt.
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from . import messages, schemas
 from .errors import AuthError, MachineError, StoreUnavailable, UnknownJob
 from .messages import DeleteMessage, EventMessage
 from .outcomes import APPLIED, DUPLICATE, REJECTED, Outcome, OutcomeSignal, Reject, Retry
 from .tokens import mask_text
+
+if TYPE_CHECKING:
+    from .app import App
+    from .jobs import Jobs
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ DELETIONS = "deletions"
 class Pipeline:
     """Size → decode → classify → validate → normalise → authorise → commit → outcome."""
 
-    def __init__(self, jobs: "reactor.jobs.Jobs", max_bytes: int = DEFAULT_MAX_BYTES):  # noqa: F821
+    def __init__(self, jobs: "Jobs", max_bytes: int = DEFAULT_MAX_BYTES):
         if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
             raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
         self.jobs = jobs
@@ -35,13 +39,16 @@ class Pipeline:
         schemas.validators()  # compile every schema now: a broken schema is a start-up error
 
     @classmethod
-    def from_app(cls, app: "reactor.app.App") -> "Pipeline":  # noqa: F821
+    def from_app(cls, app: "App") -> "Pipeline":
         """The pipeline over an App's jobs, with its configured size limit."""
         return cls(app.jobs, app.settings.max_message_bytes)
 
     def process(self, body: bytes, message_id: str | None = None,
                 params: Mapping[str, str] | None = None) -> Outcome:
-        """Process one message; return its one outcome (unexpected exceptions propagate)."""
+        """Process one message (bytes; text is encoded as UTF-8) into its one outcome.
+
+        Unexpected exceptions (bugs, a store refusing a write for good) propagate, so that the
+        caller counts the attempt."""
         if isinstance(body, str):
             body = body.encode("utf-8", "surrogateescape")
         key = messages.duplicate_key(body, message_id, params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
 import click
 
@@ -68,7 +69,7 @@ def app_from_context(**overrides):
         handle_error(exc)
 
 
-def handle_error(exc: BaseException) -> "NoReturn":  # noqa: F821
+def handle_error(exc: BaseException) -> NoReturn:
     """Turn an expected exception into one error line and exit 2; re-raise with --debug."""
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.find_root().params.get("debug"):

@@ -98,7 +98,7 @@ def attempt_number(delivery: Delivery) -> int:
     """Which delivery of this message this is: 1 + failed attempts recorded so far."""
     headers = delivery.headers
     # Quorum queues count redeliveries (crashes, nacks) themselves; count those too.
-    return 1 + _count(headers.get(ATTEMPTS)) + _count(headers.get("x-delivery-count"))
+    return 1 + _count(headers.get(ATTEMPTS)) + _count(headers.get(_BROKER_COUNT))
 
 
 def _count(value: Any) -> int:
@@ -216,11 +216,12 @@ class Consumer:
     # --- lifecycle -------------------------------------------------------------------------
     def run(self, install_signals: bool = True) -> int:
         """Consume until stopped (SIGTERM/SIGINT or ``request_stop``); 0 on a clean stop."""
+        if self.health is not None:
+            self.health.write("starting", self.counts)  # an unwritable path fails here, loudly
+            self.transport.every(self.health_interval_s, self._write_health)
         if install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        if self.health is not None:
-            self.transport.every(self.health_interval_s, self._write_health)
         self._worker.start()
         try:
             self.transport.run()
@@ -241,12 +242,7 @@ class Consumer:
             return
         self._stop.set()
         self._inbox.put(_STOP)
-        self.transport.stop_consuming()
-        self.transport.threadsafe(self._force_close_later)
-
-    def _force_close_later(self) -> None:
-        # Runs on the IO thread: give in-flight work ``grace_s``, then close regardless.
-        self.transport.ioloop.call_later(self.grace_s, self.transport.force_close)
+        self.transport.begin_stop(self.grace_s)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         log.info("received %s: draining", signal.Signals(signum).name)

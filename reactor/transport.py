@@ -39,9 +39,10 @@ DEFAULT_HEARTBEAT_S = 30
 COPIED_PROPERTIES = ("content_type", "content_encoding", "priority", "correlation_id",
                      "reply_to", "message_id", "timestamp", "type", "app_id", "cluster_id")
 _NAME = re.compile(r"^[\w.:-]{1,200}$")
-# Broker reply codes that mean "your configuration is wrong", not "try again later".
-_FATAL_REPLY_CODES = {403: "access refused", 404: "not found", 406: "precondition failed",
-                      503: "command invalid", 530: "not allowed"}
+# Broker reply codes that mean "your configuration is wrong", not "try again later": access
+# refused, not found, precondition failed (conflicting declaration), command invalid (e.g. an
+# exchange type whose plugin is off), not allowed.
+_FATAL_REPLY_CODES = frozenset({403, 404, 406, 503, 530})
 
 
 class BrokerError(ReactorError):
@@ -200,14 +201,15 @@ def _declare_kwargs(kwargs: dict) -> dict:
 
 
 def describe_close(reason: BaseException | None) -> str:
-    """A one-line description of why a connection or channel closed."""
+    """A one-line description of why a connection or channel closed (or failed to open)."""
     if reason is None:
         return "closed"
     code = getattr(reason, "reply_code", None)
-    text = getattr(reason, "reply_text", None)
     if code is not None:
-        return f"{code} {text}"
-    return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+        return f"{code} {getattr(reason, 'reply_text', '')}"
+    # pika wraps the socket error in args, e.g. AMQPConnectionError(ConnectorSocketError(…))
+    text = str(reason) or "; ".join(str(a) or repr(a) for a in reason.args)
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
 
 
 def _fatal(reason: BaseException | None) -> bool:
@@ -230,7 +232,8 @@ def properties_dict(props: Any) -> dict:
 
 def basic_properties(props: Mapping[str, Any]) -> pika.BasicProperties:
     """``BasicProperties`` from a plain dict (persistent unless it says otherwise)."""
-    values = {k: v for k, v in props.items() if k in COPIED_PROPERTIES + ("headers",)}
+    values = {k: v for k, v in props.items()
+              if k in COPIED_PROPERTIES + ("headers", "delivery_mode")}
     values.setdefault("delivery_mode", pika.DeliveryMode.Persistent)
     return pika.BasicProperties(**values)
 
@@ -342,24 +345,20 @@ class ConsumerTransport:
         self.threadsafe(self._forward, delivery, queue, body, dict(properties))
 
     def pause(self) -> None:
-        """Stop taking deliveries (cancel the consumers; unacked ones stay with us)."""
+        """Stop taking deliveries while the store is down; unacked ones stay with us."""
         self.threadsafe(self._pause)
 
     def resume(self) -> None:
         """Take deliveries again after ``pause``."""
         self.threadsafe(self._resume)
 
-    def stop_consuming(self) -> None:
-        """Begin a graceful stop: cancel the consumers, take no new deliveries."""
-        self.threadsafe(self._stop_consuming)
+    def begin_stop(self, grace_s: float) -> None:
+        """Take no new deliveries; close within ``grace_s`` even if work is still in flight."""
+        self.threadsafe(self._begin_stop, grace_s)
 
     def close(self) -> None:
         """Close once pending confirms are settled, then end ``run``."""
         self.threadsafe(self._close)
-
-    def force_close(self) -> None:
-        """Close now, settled or not (unacked deliveries return to their queues)."""
-        self.threadsafe(self._force_close)
 
     def every(self, seconds: float, fn: Callable[[], None]) -> None:
         """Call ``fn`` on the IO thread every ``seconds`` for as long as the loop runs."""
@@ -464,10 +463,12 @@ class ConsumerTransport:
         self.backoff.reset()
         if self._stopping:
             self._close()
-        elif self._paused:
+        elif self._paused and not self.topology.partitions:
             self.status = "paused"
         else:
             self._start_consuming()
+            if self._paused:
+                self.status = "paused"
 
     def on_channel_closed(self, channel: Any, reason: BaseException) -> None:
         """A closed channel invalidates its delivery tags; the connection goes with it."""
@@ -580,18 +581,24 @@ class ConsumerTransport:
         self._paused = True
         if self.status == "consuming":
             self.status = "paused"
-            self._cancel_consumers()
             log.warning("paused: not taking deliveries until the store answers")
+            if not self.topology.partitions:
+                self._cancel_consumers()
+            # Partition queues have one active consumer each: cancelling would let a standby
+            # overtake the messages we hold, so we keep the subscription; the prefetch window
+            # bounds what the broker sends meanwhile, and nothing is acked.
 
     def _resume(self) -> None:
         if not self._paused:
             return
         self._paused = False
         if self.status == "paused" and not self._stopping and self._channel is not None:
-            self._start_consuming()
+            self.status = "consuming"
+            if not self._consumer_tags:
+                self._start_consuming()
             log.info("resumed consuming")
 
-    def _stop_consuming(self) -> None:
+    def _begin_stop(self, grace_s: float) -> None:
         if self._stopping:
             return
         self._stopping = True
@@ -599,9 +606,12 @@ class ConsumerTransport:
             self.ioloop.remove_timeout(self._reconnect_timer)
             self._reconnect_timer = None
         self.status = "stopping"
-        log.info("stopping: no new deliveries")
-        self._cancel_consumers()
-        if self._connection is None and self._channel is None:
+        log.info("stopping: finishing the message in progress (at most %gs)", grace_s)
+        # No basic.cancel: on a single-active-consumer queue it would hand the queue to a
+        # standby consumer while we still hold earlier messages. Closing the channel returns
+        # them all in order, and only then does the standby take over.
+        self.ioloop.call_later(grace_s, self._force_close)
+        if self._connection is None:
             self._finish()
 
     def _close(self) -> None:

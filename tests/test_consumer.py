@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import pika
 import pytest
@@ -187,6 +188,40 @@ def test_poison_message_is_dead_lettered_after_attempt_cap_and_consumer_keeps_ru
     assert total_depth(setup.amqp_url, setup.queue_names()) == 0
 
 
+class SlowPipeline(PoisonPipeline):
+    """The real pipeline, taking ``seconds`` longer than a heartbeat interval per message."""
+
+    def __init__(self, pipeline: Pipeline, seconds: float):
+        super().__init__(pipeline)
+        self.seconds = seconds
+
+    def process(self, body, message_id=None, params=None):
+        time.sleep(self.seconds)
+        return self.pipeline.process(body, message_id, params)
+
+
+def test_slow_processing_does_not_starve_heartbeats(setup):
+    (uuid, token), = make_jobs(setup.app, 1, "slow")
+    url = setup.amqp_url + ("&" if "?" in setup.amqp_url else "?") + "heartbeat=1"
+    app = setup.app
+    consumer = Consumer(SlowPipeline(Pipeline.from_app(app), 4.0), app.store.ping, url,
+                        setup.topology, 10, Limits())
+    thread = threading.Thread(target=consumer.run, args=(False,))
+    thread.start()
+    try:
+        _publish_bodies(setup, {"run": event(uuid, "run", token),
+                                "update": event(uuid, "update", token, {"n": 1})})
+        wait_until(lambda: app.store.get_job(uuid)["revision"] == 3, 60, "both applied")
+        wait_until(lambda: consumer.counts["applied"] == 2, 30, "both acked")
+    finally:
+        consumer.request_stop()
+        thread.join(60)
+    # 8 s of processing with a 1 s heartbeat: the broker would have dropped a connection whose
+    # heartbeats stalled; one channel for the whole run means it never did.
+    assert consumer.transport.generation == 1
+    assert total_depth(setup.amqp_url, setup.queue_names()) == 0
+
+
 def test_quorum_queues_consume_and_retry(setup):
     setup.overrides.update(queue_type="quorum", transition_retries=2)
     jobs = make_jobs(setup.app, 3, "quorum")
@@ -200,6 +235,20 @@ def test_quorum_queues_consume_and_retry(setup):
     assert stop(proc) == 0
     work.check(setup.app, f"sent={work.sent + 2}")
     assert total_depth(setup.amqp_url, setup.queue_names()) == 0
+
+
+def test_consume_with_the_embedded_sqlite_store(amqp_url, sqlite_uri, tmp_path):
+    setup = QueueSetup(amqp_url, sqlite_uri, tmp_path)
+    try:
+        work = Workload.build(make_jobs(setup.app, 3, "sqlite"), 6)
+        work.publish(setup)
+        proc = setup.start_consumer()
+        wait_until(lambda: work.applied(setup.app) == work.sent, 60, "all applied")
+        assert stop(proc) == 0
+        work.check(setup.app, f"sent={work.sent}")
+        assert total_depth(setup.amqp_url, setup.queue_names()) == 0
+    finally:
+        setup.close()
 
 
 def test_topology_conflict_is_a_clear_start_up_error(setup):

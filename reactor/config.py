@@ -67,6 +67,9 @@ KEYS: tuple[Key, ...] = (
     Key("dead_letter_queue", str, "reactor.dead", "Dead-letter queue"),
     Key("retry_queue", str, "reactor.retry", "Delayed-retry queue (TTL, dead-letters back)"),
     Key("queue_type", str, "classic", "classic or quorum", lambda v: v in ("classic", "quorum")),
+    Key("partitions", int, 0, "Partition queues behind a consistent-hash exchange keyed on the "
+        "job uuid, one single-active consumer each (0 = one shared main queue)",
+        lambda v: v >= 0),
     Key("prefetch", int, 100, "Unacknowledged deliveries per consumer", _positive),
     Key("retry_delay_ms", int, 1000, "Delay before a delayed retry", _positive),
     Key("max_attempts", int, 5, "Deliveries of one message before it is dead-lettered",

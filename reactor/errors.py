@@ -5,7 +5,7 @@ from transitions.core import MachineError
 
 __all__ = [
     "ReactorError", "ConfigError", "ValidationError", "UnknownJob", "UnknownPipeline",
-    "AuthError", "StoreError", "StoreUnavailable", "ArchiveError", "ManagedPipelineJobError",
+    "AuthError", "BrokerError", "StoreError", "StoreUnavailable", "ArchiveError", "ManagedPipelineJobError",
     "MachineError",
 ]
 
@@ -40,6 +40,10 @@ class StoreError(ReactorError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached now; the operation may succeed if retried."""
+
+
+class BrokerError(ReactorError):
+    """The broker refused an operation, or could not be reached."""
 
 
 class ArchiveError(ReactorError):

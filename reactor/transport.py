@@ -27,7 +27,7 @@ import pika.exceptions
 from pika.adapters.select_connection import IOLoop
 from pika.exchange_type import ExchangeType
 
-from .errors import ConfigError, ReactorError
+from .errors import BrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ _NAME = re.compile(r"^[\w.:-]{1,200}$")
 # refused, not found, precondition failed (conflicting declaration), command invalid (e.g. an
 # exchange type whose plugin is off), not allowed.
 _FATAL_REPLY_CODES = frozenset({403, 404, 406, 503, 530})
-
-
-class BrokerError(ReactorError):
-    """The broker refused an operation, or could not be reached."""
 
 
 def redact_url(url: str) -> str:
@@ -117,7 +113,7 @@ class Topology:
     def from_settings(cls, settings: Any, partitions: int | None = None) -> "Topology":
         """The topology named by the configuration (``partitions`` overrides the setting)."""
         if partitions is None:
-            partitions = getattr(settings, "partitions", 0)
+            partitions = settings.partitions
         return cls(settings.exchange, settings.queue, settings.dead_letter_queue,
                    settings.retry_queue, settings.queue_type, settings.retry_delay_ms,
                    partitions)

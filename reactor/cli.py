@@ -19,6 +19,8 @@ COMMANDS = {
     "demo": "reactor.cli_jobs:demo",
     "consume": "reactor.cli_queue:consume",
     "publish": "reactor.cli_queue:publish",
+    "serve": "reactor.cli_ops:serve",
+    "deadletters": "reactor.cli_ops:deadletters",
 }
 
 

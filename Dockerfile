@@ -21,6 +21,14 @@
 #     pipelinejobs-reactor invoke
 # A job-status callback the same way: MSG holds the job JSON; uuid, token and optionally status
 # or event come as environment variables (-e uuid=107… -e token=… -e status=FINISHED).
+# HTTP callbacks (job-status callbacks and events in, queued with publisher confirms):
+#   docker run -d --name reactor-http -p 8080:8080 \
+#     -e REACTOR_STORE_URI=mongodb://mongo:27017/reactor \
+#     -e REACTOR_BROKER_URL='amqp://reactor:PASSWORD@rabbitmq:5672/%2F' \
+#     -e REACTOR_SECRET_FILE=/run/secrets/reactor_secret \
+#     -v "$PWD/secrets/reactor_secret:/run/secrets/reactor_secret:ro" \
+#     --health-cmd 'python -c "import urllib.request; urllib.request.urlopen(\"http://127.0.0.1:8080/healthz\")"' \
+#     pipelinejobs-reactor serve --host 0.0.0.0 --port 8080
 # Any other subcommand works too: docker run --rm pipelinejobs-reactor fsm
 
 # The wheel is built apart, so the source tree, tests and build tools stay out of the image.
@@ -44,12 +52,17 @@ RUN pip install /tmp/wheels/*.whl \
 COPY config.yml /etc/reactor/config.yml
 # Relative paths (state_dir .reactor, the embedded SQLite store) land in the user's own home.
 WORKDIR /var/lib/reactor
-USER reactor
+# Numeric, so the runtime can tell it is not root without reading the image's /etc/passwd.
+USER 10001:10001
 
-# The consumer touches /tmp/reactor-alive while it is healthy; a file older than 60 s (or none)
-# means it is stuck or gone.
+# `reactor serve` listens here (publish it with -p 8080:8080 when running that mode).
+EXPOSE 8080
+
+# The consumer rewrites its health file (--health-file, every 5 s) while its IO loop is alive;
+# a file older than 60 s (or none) means it is stuck or gone. In serve mode, probe
+# http://127.0.0.1:8080/healthz instead (docker run --health-cmd …).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, sys, time; p = '/tmp/reactor-alive'; sys.exit(0 if os.path.exists(p) and time.time() - os.path.getmtime(p) < 60 else 1)"]
 
 ENTRYPOINT ["reactor"]
-CMD ["consume"]
+CMD ["consume", "--health-file", "/tmp/reactor-alive"]

@@ -65,7 +65,9 @@ def consume(health_file: str | None, health_interval: float, grace: float,
         consumer = Consumer(Pipeline.from_app(app), app.store.ping, url, topology,
                             settings.prefetch, Limits.from_settings(settings), queues=queues,
                             grace_s=grace, health=HealthFile(health_file) if health_file else None,
-                            health_interval_s=health_interval)
+                            health_interval_s=health_interval,
+                            batch_size=settings.batch_size,
+                            batch_wait_s=settings.batch_wait_ms / 1000)
         code = consumer.run()
     except _EXPECTED as exc:
         handle_error(exc)

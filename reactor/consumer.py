@@ -17,6 +17,14 @@ settles each one only after the pipeline returned (so after its commit):
 
 Attempts travel in the ``x-reactor-attempts`` header of the copies, so a poison message ends in
 the dead-letter queue instead of looping. Tokens never reach headers or logs.
+
+Group commit (``batch_size`` > 1): the worker takes what has arrived, up to ``batch_size``
+deliveries, waiting at most ``batch_wait_ms`` for a partial batch to fill, and applies them
+with ``reactor.batching.GroupCommit`` (one store write per wave of distinct jobs). Only after
+that commit are they settled: rejections exactly as above, each on its own, and the applied and
+duplicate ones with one multiple-ack that never reaches a delivery still held for another
+reason. Whatever the batch could not decide (the store failed mid-batch, a bug) goes through
+the one-by-one path above, in order, with its retries and outage pause.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import os
 import queue as _queue
 import signal
 import threading
+import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass
@@ -35,6 +44,7 @@ from typing import Any, Callable, Mapping
 from tenacity import (Retrying, retry_if_exception_type, retry_if_result, stop_after_attempt,
                       stop_when_event_set, wait_exponential, wait_random)
 
+from .errors import ConfigError
 from .outcomes import REJECTED, RETRY, Outcome
 from .records import now_iso
 from .tokens import mask, mask_text
@@ -196,8 +206,21 @@ class Consumer:
     def __init__(self, pipeline: Any, probe_store: Callable[[], None], url: str,
                  topology: Topology, prefetch: int, limits: Limits, *,
                  queues: list[str] | None = None, grace_s: float = 30.0,
-                 health: HealthFile | None = None, health_interval_s: float = 5.0):
+                 health: HealthFile | None = None, health_interval_s: float = 5.0,
+                 batch_size: int = 1, batch_wait_s: float = 0.0):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"bad value for 'batch_size': {batch_size!r} (1 = one commit per "
+                              "message, N > 1 = group commit of up to N)")
         self.pipeline = pipeline
+        # The broker never has more than ``prefetch`` of our deliveries out: no batch can be
+        # larger, so a larger setting just means "as many as the prefetch window allows".
+        self.batch_size = min(batch_size, prefetch)
+        self.batch_wait_s = batch_wait_s
+        self._group = None
+        if batch_size > 1:
+            from .batching import GroupCommit
+
+            self._group = GroupCommit(pipeline)
         self.probe_store = probe_store
         self.topology = topology
         self.limits = limits
@@ -257,21 +280,76 @@ class Consumer:
         self._inbox.put(delivery)
 
     def _work(self) -> None:
-        while True:
+        stopping = False
+        while not stopping:
             item = self._inbox.get()
             if item is _STOP:
                 break
+            batch = [item]
+            if self._group is not None:
+                stopping = self._fill(batch)
             # Not started before the stop, or from a dead channel: leave it to the broker.
-            if self._stop.is_set() or not self.transport.is_current(item):
+            batch = [d for d in batch if not self._stop.is_set() and self.transport.is_current(d)]
+            if not batch:
                 continue
             try:
-                self._handle(item)
+                if self._group is None:
+                    self._handle(batch[0])
+                else:  # even a batch of one: GroupCommit remembers job states, saving a read
+                    self._handle_batch(batch)
             except Exception as exc:  # noqa: BLE001 - a bug here must not wedge the consumer
-                log.error("internal error handling delivery %d: %s", item.tag,
+                log.error("internal error handling delivery %d: %s", batch[0].tag,
                           mask_text("".join(traceback.format_exception(exc))))
                 self.exit_code = 1
                 self.request_stop()
         self.transport.close()
+
+    def _fill(self, batch: list[Delivery]) -> bool:
+        """Add waiting deliveries to ``batch`` up to ``batch_size``, waiting at most
+        ``batch_wait_s`` for more; True if the stop marker came instead."""
+        deadline = time.monotonic() + self.batch_wait_s
+        while len(batch) < self.batch_size:
+            try:
+                item = self._inbox.get_nowait()
+            except _queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._inbox.get(timeout=remaining)
+                except _queue.Empty:
+                    break
+            if item is _STOP:
+                return True
+            batch.append(item)
+        return False
+
+    def _handle_batch(self, deliveries: list[Delivery]) -> None:
+        """Group commit of ``deliveries``; each settled only after its commit."""
+        from .batching import Item
+
+        try:
+            outcomes = self._group.process([Item(d.body, d.message_id) for d in deliveries])
+        except Exception as exc:  # noqa: BLE001 - a bug in the batch path: go one by one
+            log.error("group commit of %d deliveries raised %s; processing them one by one",
+                      len(deliveries), mask_text("".join(traceback.format_exception(exc))))
+            outcomes = [None] * len(deliveries)
+        acks = []
+        for delivery, outcome in zip(deliveries, outcomes):
+            if outcome is None:
+                continue
+            attempt = attempt_number(delivery)
+            action = decide(outcome, attempt, self.limits)
+            if action.kind == ACK:
+                self._count_ack(delivery, outcome)
+                acks.append(delivery)
+            else:  # a copy to the retry or dead-letter queue, acked on its own confirm
+                self._settle(delivery, action, attempt, outcome)
+        if acks:
+            self.transport.ack_many(acks)
+        for delivery, outcome in zip(deliveries, outcomes):
+            if outcome is None and not self._stop.is_set():
+                self._handle(delivery)
 
     def _handle(self, delivery: Delivery) -> None:
         attempt = attempt_number(delivery)
@@ -335,12 +413,15 @@ class Consumer:
         self.transport.resume()
         return not self._stop.is_set()
 
+    def _count_ack(self, delivery: Delivery, outcome: Outcome) -> None:
+        self.counts[outcome.label] += 1
+        log.info("%s: %s (message id %s)", outcome.label, mask_text(outcome.detail),
+                 delivery.message_id)
+
     def _settle(self, delivery: Delivery, action: Action, attempt: int,
                 outcome: Outcome) -> None:
         if action.kind == ACK:
-            self.counts[outcome.label] += 1
-            log.info("%s: %s (message id %s)", outcome.label, mask_text(outcome.detail),
-                     delivery.message_id)
+            self._count_ack(delivery, outcome)
             self.transport.ack(delivery)
             return
         self.counts[f"{action.kind}:{action.reason}"] += 1

@@ -8,24 +8,38 @@ anything else is a bug and propagates, so the caller can count the attempt.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
 from . import messages, schemas
 from .errors import AuthError, MachineError, StoreUnavailable, UnknownJob
-from .messages import DeleteMessage, EventMessage
+from .messages import DeleteMessage, EventMessage, Message
 from .outcomes import APPLIED, DUPLICATE, REJECTED, Outcome, OutcomeSignal, Reject, Retry
 from .tokens import mask_text
 
 if TYPE_CHECKING:
     from .app import App
-    from .jobs import Jobs
+    from .jobs import EventResult, Jobs
 
 log = logging.getLogger(__name__)
+
+# Errors that applying an event may raise and that are outcomes, not bugs (see ``finish``).
+EXPECTED_ERRORS = (UnknownJob, AuthError, MachineError, StoreUnavailable, TimeoutError)
 
 DEFAULT_MAX_BYTES = 262144
 # Collection remembering applied delete actions, so a redelivered delete is a duplicate even
 # though the job (and with it the history that normally holds the key) is gone.
 DELETIONS = "deletions"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A message after the steps that need no store: parsed (``message``), or already ended
+    (``outcome``, a rejection); ``key`` is its duplicate key either way."""
+
+    key: str
+    message: Message | None
+    outcome: Outcome | None = None
 
 
 class Pipeline:
@@ -49,24 +63,33 @@ class Pipeline:
 
         Unexpected exceptions (bugs, a store refusing a write for good) propagate, so that the
         caller counts the attempt."""
+        prepared = self.prepare(body, message_id, params)
+        if prepared.outcome is not None:
+            outcome = prepared.outcome
+        elif isinstance(prepared.message, DeleteMessage):
+            outcome = self._delete(prepared.message, prepared.key)
+        else:
+            outcome = self.apply(prepared.message, prepared.key)
+        log.debug("outcome %s for job %s (%s)", outcome.label, outcome.job_uuid, outcome.detail)
+        return outcome
+
+    def prepare(self, body: bytes, message_id: str | None = None,
+                params: Mapping[str, str] | None = None) -> Prepared:
+        """The steps before the store (size, decode, classify, validate): message and key, or
+        the rejection that already ends it."""
         if isinstance(body, str):
             body = body.encode("utf-8", "surrogateescape")
         key = messages.duplicate_key(body, message_id, params)
         try:
             message = messages.parse(body, params, self.max_bytes)
         except messages.MessageRejected as signal:
-            outcome = Outcome(REJECTED, signal.reason, signal.detail, signal.job_uuid,
-                              signal.event, None, key)
-        else:
-            if isinstance(message, DeleteMessage):
-                outcome = self._delete(message, key)
-            else:
-                outcome = self._apply(message, key)
-        log.debug("outcome %s for job %s (%s)", outcome.label, outcome.job_uuid, outcome.detail)
-        return outcome
+            return Prepared(key, None, Outcome(REJECTED, signal.reason, signal.detail,
+                                               signal.job_uuid, signal.event, None, key))
+        return Prepared(key, message)
 
     # --- events ------------------------------------------------------------------------------
-    def _apply(self, message: EventMessage, key: str) -> Outcome:
+    def apply(self, message: EventMessage, key: str) -> Outcome:
+        """Apply one event message on its own (read, authorise, compare-and-set): its outcome."""
         uuid, event = message.uuid, message.event
         state = None
         try:
@@ -74,18 +97,29 @@ class Pipeline:
             state = record["state"]
             result = self.jobs.apply(uuid, event, message.data, token=message.token, key=key,
                                      record=record)
-        except UnknownJob as exc:
-            return self._signal(Reject("unknown_job", str(exc)), message, key, None)
-        except AuthError as exc:
-            return self._signal(Reject("auth_failed", str(exc)), message, key, state)
-        except MachineError as exc:
+        except EXPECTED_ERRORS as exc:
+            return self.finish(message, key, exc, state)
+        return self.finish(message, key, result)
+
+    def finish(self, message: EventMessage, key: str, result: "EventResult | BaseException",
+               state: str | None = None) -> Outcome:
+        """The outcome of an event: from its ``EventResult``, or from the expected error
+        (``EXPECTED_ERRORS``) that applying it raised; ``state`` = the state it was seen in."""
+        uuid, event = message.uuid, message.event
+        if isinstance(result, UnknownJob):
+            return self._signal(Reject("unknown_job", str(result)), message, key, None)
+        if isinstance(result, AuthError):
+            return self._signal(Reject("auth_failed", str(result)), message, key, state)
+        if isinstance(result, MachineError):
             state = self._state_now(uuid, state)
-            detail = f"job {uuid}: {exc.value}"
+            detail = f"job {uuid}: {result.value}"
             return self._signal(Reject("invalid_transition", detail), message, key, state)
-        except StoreUnavailable as exc:
-            return self._signal(_retry("store_unavailable", exc), message, key, state)
-        except TimeoutError as exc:
-            return self._signal(_retry("timeout", exc), message, key, state)
+        if isinstance(result, StoreUnavailable):
+            return self._signal(_retry("store_unavailable", result), message, key, state)
+        if isinstance(result, TimeoutError):
+            return self._signal(_retry("timeout", result), message, key, state)
+        if isinstance(result, BaseException):
+            raise result  # not an outcome: a bug, or a store refusing for good
         after = result.record["state"]
         if result.applied:
             return Outcome(APPLIED, None, f"job {uuid}: {event} moved {result.from_state} → "

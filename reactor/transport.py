@@ -310,6 +310,9 @@ class ConsumerTransport:
         self._consumer_tags: set[str] = set()
         self._publish_seq = 0
         self._pending: dict[int, Delivery] = {}  # publish seq -> delivery to ack on confirm
+        # Delivery tags of the current channel not yet acked or nacked: a multiple-ack may
+        # only reach up to just below the lowest tag held for any other reason.
+        self._unsettled: set[int] = set()
         self._paused = False
         self._stopping = False
         self._closing = False
@@ -334,6 +337,10 @@ class ConsumerTransport:
     def ack(self, delivery: Delivery) -> None:
         """Acknowledge ``delivery`` (ignored if its channel is gone: the broker redelivers)."""
         self.threadsafe(self._ack, delivery)
+
+    def ack_many(self, deliveries: list[Delivery]) -> None:
+        """Acknowledge ``deliveries``: one multiple-ack where that settles nothing else."""
+        self.threadsafe(self._ack_many, list(deliveries))
 
     def forward(self, delivery: Delivery, queue: str, body: bytes,
                 properties: Mapping[str, Any]) -> None:
@@ -432,6 +439,7 @@ class ConsumerTransport:
             self._channel = channel
         self._publish_seq = 0
         self._pending.clear()
+        self._unsettled.clear()
         self._consumer_tags.clear()
         channel.add_on_close_callback(self.on_channel_closed)
         channel.add_on_cancel_callback(self.on_consumer_cancelled)
@@ -486,6 +494,7 @@ class ConsumerTransport:
         with self._lock:
             self._channel = None
         self._pending.clear()
+        self._unsettled.clear()
         self._consumer_tags.clear()
 
     # --- consuming -------------------------------------------------------------------------
@@ -513,6 +522,7 @@ class ConsumerTransport:
         """Hand the delivery to the consumer, tagged with this channel's generation."""
         if channel is not self._channel:
             return
+        self._unsettled.add(method.delivery_tag)
         self.on_delivery(Delivery(bytes(body), method.delivery_tag, self.generation, queue,
                                   method.exchange, method.routing_key, bool(method.redelivered),
                                   properties_dict(properties)))
@@ -529,6 +539,23 @@ class ConsumerTransport:
     def _ack(self, delivery: Delivery) -> None:
         if self._current(delivery):
             self._channel.basic_ack(delivery.tag)
+            self._unsettled.discard(delivery.tag)
+        self._maybe_finish_close()
+
+    def _ack_many(self, deliveries: list[Delivery]) -> None:
+        tags = sorted(d.tag for d in deliveries if self._current(d))
+        if tags:
+            # basic.ack(multiple) settles EVERY unsettled tag up to it, so it must stop below
+            # the lowest tag still held for another reason (a forwarded copy awaiting its
+            # confirm, a delivery not processed yet); the rest are acked one by one.
+            held = self._unsettled.difference(tags)
+            limit = min(held) if held else tags[-1] + 1
+            below = [t for t in tags if t < limit]
+            if below:
+                self._channel.basic_ack(below[-1], multiple=True)
+            for tag in tags[len(below):]:
+                self._channel.basic_ack(tag)
+            self._unsettled.difference_update(tags)
         self._maybe_finish_close()
 
     def _forward(self, delivery: Delivery, queue: str, body: bytes, properties: dict) -> None:
@@ -562,6 +589,7 @@ class ConsumerTransport:
             delivery = self._pending.pop(seq, None)
             if delivery is None:
                 continue
+            self._unsettled.discard(delivery.tag)
             if acked:
                 self._channel.basic_ack(delivery.tag)
             else:

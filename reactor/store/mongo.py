@@ -1,36 +1,41 @@
-"""MongoDB store (pymongo): one document per job, one ``find_one_and_update`` per state change.
+"""MongoDB store (pymongo): one document per job, one conditional update per state change.
 
 Only single-document atomic operations are used (no transactions), so any MongoDB >= 5.0 will
 do. Keys inside stored documents are escaped reversibly so caller data can never be read as an
-operator or a dotted path.
+operator or a dotted path. A job document's ``_id`` is its uuid (a unique index on ``uuid``
+stays as a guard), so a job is found by the primary key on every server.
 
-On MongoDB the compare-and-set alone is atomic. Some MongoDB-wire servers do not apply a
+On MongoDB the compare-and-set (``find_one_and_update`` filtered on _id, visibility, state and
+"no entry with this duplicate key") alone is atomic. Some MongoDB-wire servers do not apply a
 single-document update atomically (FerretDB 1.x reads, computes and writes back by ``_id``,
 losing concurrent writes) although they do make unique inserts atomic. For those, every write
 to an existing job document also holds a short per-job lease lock (a document in ``job_locks``
-whose ``_id`` is the job uuid, so taking it is one unique insert). ``job_locks="auto"`` turns
-the locks on only for a server whose ``buildInfo`` says it is not MongoDB; the filter of the
-compare-and-set is the same either way, so correctness on MongoDB never depends on the lock.
+whose ``_id`` is the job uuid, so taking it is one unique insert). Under the lock nobody else
+writes the job, so there the compare runs in Python on the document read by exact ``_id`` and
+the write goes by exact ``_id``: the only filter such servers answer from an index (FerretDB
+1.x scans the whole collection for any other). ``job_locks="auto"`` turns the locks on only
+for a server whose ``buildInfo`` says it is not MongoDB.
 """
 from __future__ import annotations
 
+import json
 import random
 import re
 import secrets
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 from urllib.parse import unquote
 
 import pymongo
 from bson import ObjectId
 from bson.codec_options import CodecOptions
 from bson.errors import BSONError
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import (
-    ConfigurationError, ConnectionFailure, DuplicateKeyError, ExecutionTimeout, InvalidURI,
-    OperationFailure, PyMongoError, WTimeoutError,
+    BulkWriteError, ConfigurationError, ConnectionFailure, DuplicateKeyError, ExecutionTimeout,
+    InvalidURI, OperationFailure, PyMongoError, WTimeoutError,
 )
 from pymongo.write_concern import WriteConcern
 
@@ -38,8 +43,8 @@ from ..errors import StoreError, StoreUnavailable
 from ..records import LINKAGE_FIELDS, now_iso
 from .base import COLLECTIONS_WITH_LINKS, JobStore
 from .sqlite import (
-    check_collection, check_delete, check_document, check_entry, check_job_record,
-    check_pipeline, check_query, check_uuid, unlink,
+    check_changes, check_collection, check_delete, check_document, check_entry,
+    check_job_record, check_pipeline, check_query, check_uuid, unlink,
 )
 
 DEFAULT_DATABASE = "reactor"
@@ -49,6 +54,7 @@ JOBS, PIPELINES, LOCKS = "jobs", "pipelines", "job_locks"
 TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 LOCK_LEASE_S = 10.0  # a lock older than this was left by a crashed writer and may be broken
 LOCK_WAIT_S = 15.0  # waiting longer than this for a job's lock means the store is unusable now
+_DUPLICATE_KEY = 11000
 
 # --- reversible key escaping -------------------------------------------------------------------
 # '%' is escaped first-class so every '%XX' in a stored key came from escaping, which makes the
@@ -94,6 +100,50 @@ def unescape(value: Any) -> Any:
 def decode(doc: dict) -> dict:
     """A stored document as the JSON record callers see (without MongoDB's ``_id``)."""
     return unescape({k: v for k, v in doc.items() if k != "_id"})
+
+
+def _cas_filter(uuid: str, from_state: str, entry: dict) -> dict:
+    """The compare-and-set filter: the visible job ``uuid``, in ``from_state``, without a
+    history entry carrying ``entry``'s duplicate key."""
+    query: dict = {"_id": uuid, "_visible": True, "state": from_state}
+    if entry.get("key") is not None:
+        # "no history entry has this key". $nor is MongoDB's exact equivalent of
+        # {"history.key": {"$ne": key}}, and the one FerretDB 1.x also evaluates correctly
+        # on arrays of subdocuments. Only keys are escaped, never values, so the stored key
+        # equals entry["key"].
+        query["$nor"] = [{"history.key": entry["key"]}]
+    return query
+
+
+def _matches(doc: dict | None, from_state: str, entry: dict) -> bool:
+    """``_cas_filter`` evaluated here, on a document read under the job's lock."""
+    if doc is None or doc.get("_visible") is not True or doc.get("state") != from_state:
+        return False
+    key = entry.get("key")
+    return key is None or all(h.get("key") != key for h in doc.get("history", ()))
+
+
+def _update(to_state: str, entry: dict) -> dict:
+    """The update of a state change: state, last_event, updated, revision + 1, entry pushed."""
+    stored = encode_entry(entry)
+    return {"$set": {"state": to_state, "last_event": entry["name"], "updated": stored["date"]},
+            "$inc": {"revision": 1}, "$push": {"history": stored}}
+
+
+def _after(doc: dict, to_state: str, entry: dict) -> dict:
+    """The record as ``_update`` leaves ``doc`` (what reading it back would give)."""
+    record = decode(doc)
+    record.update(state=to_state, last_event=entry["name"], updated=entry["date"],
+                  revision=record.get("revision", 0) + 1)
+    record["history"] = [*record.get("history", ()), json.loads(json.dumps(entry))]
+    return record
+
+
+def _holds(record: dict, entry: dict) -> bool:
+    """True when ``record``'s history contains ``entry`` (as stored and read back)."""
+    wanted = json.loads(json.dumps(entry))  # tuples → lists, as a read gives them back
+    # Newest first: a just-committed entry is at (or near) the end.
+    return any(h == wanted for h in reversed(record.get("history", ())))
 
 
 def _to_datetime(stamp: str) -> datetime:
@@ -295,11 +345,14 @@ class MongoJobStore(JobStore):
     def create_job(self, record: dict) -> tuple[dict, bool]:
         """Insert ``record`` unless a job with its uuid exists; return (stored record, created)."""
         doc = encode_job(check_job_record(record))
+        doc["_id"] = record["uuid"]  # decode() drops it: callers only ever see "uuid"
         with self._errors("create a job"):
             try:
-                self._jobs.insert_one(doc)  # adds _id to doc, which decode() drops
+                self._jobs.insert_one(doc)
                 return decode(doc), True
             except DuplicateKeyError:
+                # By uuid, not _id: the unique uuid index is what refused the insert if a
+                # document of an earlier layout (ObjectId _id) holds this uuid.
                 existing = self._jobs.find_one({"uuid": record["uuid"]})
         if existing is None:  # deleted between our insert and our read: the insert now wins
             return self.create_job(record)
@@ -307,12 +360,13 @@ class MongoJobStore(JobStore):
 
     def get_job(self, uuid: str, include_hidden: bool = False) -> dict | None:
         """The job with ``uuid`` (soft-deleted ones only when asked), or None."""
-        query: dict = {"uuid": check_uuid(uuid, "job uuid")}
-        if not include_hidden:
-            query["_visible"] = True
+        # Exactly {_id: …}: the one filter every MongoDB-wire server answers from an index
+        # (FerretDB 1.x scans the collection for anything else); visibility is checked here.
         with self._errors("read a job"):
-            doc = self._jobs.find_one(query)
-        return decode(doc) if doc is not None else None
+            doc = self._jobs.find_one({"_id": check_uuid(uuid, "job uuid")})
+        if doc is None or not (include_hidden or doc.get("_visible") is True):
+            return None
+        return decode(doc)
 
     def list_jobs(self, state: str | None = None, pipeline_uuid: str | None = None,
                   limit: int = 100, include_hidden: bool = False) -> list[dict]:
@@ -336,29 +390,149 @@ class MongoJobStore(JobStore):
         check_uuid(from_state, "from_state")
         check_uuid(to_state, "to_state")
         check_entry(entry)
-        query: dict = {"uuid": uuid, "_visible": True, "state": from_state}
-        if entry.get("key") is not None:
-            # "no history entry has this key". $nor is MongoDB's exact equivalent of
-            # {"history.key": {"$ne": key}}, and the one FerretDB 1.x also evaluates correctly
-            # on arrays of subdocuments. Only keys are escaped, never values, so the stored key
-            # equals entry["key"].
-            query["$nor"] = [{"history.key": entry["key"]}]
-        stored = encode_entry(entry)
-        update = {"$set": {"state": to_state, "last_event": entry["name"],
-                           "updated": stored["date"]},
-                  "$inc": {"revision": 1},
-                  "$push": {"history": stored}}
+        update = _update(to_state, entry)
         with self._errors("commit an event"), self._job_lock(uuid):
-            doc = self._jobs.find_one_and_update(query, update,
-                                                 return_document=ReturnDocument.AFTER)
-        return decode(doc) if doc is not None else None
+            if not self.job_locks:
+                doc = self._jobs.find_one_and_update(_cas_filter(uuid, from_state, entry), update,
+                                                     return_document=ReturnDocument.AFTER)
+                return decode(doc) if doc is not None else None
+            # Under the job's lease no other writer touches the document, so the compare runs
+            # here and the write goes by exact _id: on such servers both are indexed lookups,
+            # where the compare-and-set filter would scan the collection.
+            doc = self._jobs.find_one({"_id": uuid})
+            if not _matches(doc, from_state, entry):
+                return None
+            if self._jobs.update_one({"_id": uuid}, update).matched_count != 1:
+                return None
+        return _after(doc, to_state, entry)
+
+    def commit_events(self, changes: Iterable[tuple[str, str, str, dict]]) -> list[dict | None]:
+        """Group commit: ``commit_event`` for each change (distinct jobs), in one round trip.
+
+        Without job locks (MongoDB): one unordered ``bulk_write`` of exactly ``commit_event``'s
+        conditional updates, so each change is still its own atomic compare-and-set carrying
+        its duplicate key, then one ``find`` of the batch's jobs. A bulk result only counts
+        matches, so that read is what tells which changes landed: a change counts as committed
+        when its own history entry is in the record (entries carry a random uuid). With job
+        locks: the batch's locks in one unordered insert, each job read by _id and compared
+        here (as ``commit_event`` does under its lock), one unordered bulk write by _id, the
+        locks released in one delete. Jobs whose lock was busy are retried together, never
+        while this batch holds locks (so two batches cannot wait on each other); locks older
+        than the lease (left by a writer that died, which with batches may be many at once)
+        are broken as soon as they are seen. A change that missed, that the server refused
+        alone (say, a document grown past 16 MB), or whose job stayed locked by a live writer
+        for ``LOCK_WAIT_S`` is None: the caller applies those one by one, where the duplicate
+        key makes a second try safe.
+        """
+        batch = check_changes(changes)
+        if not batch:
+            return []
+        results: list[dict | None] = [None] * len(batch)
+        with self._errors("commit a batch of events"):
+            if not self.job_locks:
+                self._commit_unlocked(batch, results)
+                return results
+            owner = secrets.token_hex(8)
+            waiting = list(range(len(batch)))
+            deadline = time.monotonic() + LOCK_WAIT_S
+            delay = 0.002
+            while True:
+                locked = self._acquire_batch([batch[i][0] for i in waiting], owner)
+                if locked:
+                    try:
+                        self._commit_locked([i for i in waiting if batch[i][0] in locked],
+                                            batch, results)
+                    finally:
+                        self._locks.delete_many({"_id": {"$in": sorted(locked)},
+                                                 "owner": owner})
+                waiting = [i for i in waiting if batch[i][0] not in locked]
+                if not waiting or time.monotonic() > deadline:
+                    return results
+                if self._break_stale_locks([batch[i][0] for i in waiting]):
+                    continue  # some are free now: take them at once
+                # jitter keeps waiting writers from retrying in lockstep
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.25)
+
+    def _break_stale_locks(self, uuids: list[str]) -> bool:
+        """Delete the locks of ``uuids`` older than the lease; True if any was broken."""
+        now = datetime.now(timezone.utc)
+        broken = False
+        for lock in self._locks.find({"_id": {"$in": uuids}}):
+            if (now - lock["at"]).total_seconds() > LOCK_LEASE_S:
+                # Conditional on the owner: a lock taken anew meanwhile is left alone.
+                deleted = self._locks.delete_one({"_id": lock["_id"], "owner": lock["owner"]})
+                broken |= deleted.deleted_count == 1
+        return broken
+
+    def _commit_unlocked(self, batch: list[tuple[str, str, str, dict]],
+                         results: list[dict | None]) -> None:
+        """Compare-and-set filters in one bulk write, then one read to see which landed."""
+        self._bulk_write([UpdateOne(_cas_filter(uuid, from_state, entry),
+                                    _update(to_state, entry))
+                          for uuid, from_state, to_state, entry in batch])
+        found = {doc["_id"]: doc for doc in self._jobs.find(
+            {"_id": {"$in": [uuid for uuid, *_ in batch]}})}
+        for i, (uuid, _, _, entry) in enumerate(batch):
+            doc = found.get(uuid)
+            if doc is not None and doc.get("_visible") is True:
+                record = decode(doc)
+                if _holds(record, entry):
+                    results[i] = record
+
+    def _commit_locked(self, indexes: list[int], batch: list[tuple[str, str, str, dict]],
+                       results: list[dict | None]) -> None:
+        """Under the batch's locks: read and compare each job, one bulk write by _id."""
+        # One exact-_id read per job: such servers scan the collection for an $in.
+        docs = {i: self._jobs.find_one({"_id": batch[i][0]}) for i in indexes}
+        todo = [i for i in indexes if _matches(docs[i], batch[i][1], batch[i][3])]
+        refused = self._bulk_write([UpdateOne({"_id": batch[i][0]},
+                                              _update(batch[i][2], batch[i][3])) for i in todo])
+        for n, i in enumerate(todo):
+            if n not in refused:
+                results[i] = _after(docs[i], batch[i][2], batch[i][3])
+
+    def _acquire_batch(self, uuids: list[str], owner: str) -> set[str]:
+        """Take the lease locks of ``uuids`` without waiting; the set of those now held."""
+        now = datetime.now(timezone.utc)
+        try:
+            self._locks.insert_many([{"_id": u, "owner": owner, "at": now} for u in uuids],
+                                    ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if exc.details.get("writeConcernErrors") or \
+                    any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                # Not just "busy": give back what we did take, then report the failure.
+                self._locks.delete_many({"_id": {"$in": uuids}, "owner": owner})
+                raise
+            busy = {uuids[e["index"]] for e in errors}
+            return set(uuids) - busy
+        return set(uuids)
+
+    def _bulk_write(self, operations: list[UpdateOne]) -> set[int]:
+        """One unordered bulk write; the indexes of operations the server refused alone."""
+        if not operations:
+            return set()
+        try:
+            self._jobs.bulk_write(operations, ordered=False)
+        except BulkWriteError as exc:
+            # A change refused on its own merits stays uncommitted. A write concern failure or
+            # a transient refusal says nothing certain about the batch: retry it whole (the
+            # duplicate keys make that safe).
+            errors = exc.details.get("writeErrors", [])
+            if exc.details.get("writeConcernErrors") or \
+                    {e.get("code") for e in errors} & TRANSIENT_CODES:
+                raise StoreUnavailable(f"MongoDB at {self.uri} is unavailable (commit a batch "
+                                       f"of events): {self._clean(exc)}") from None
+            return {e["index"] for e in errors}
+        return set()
 
     def delete_job(self, uuid: str, force: bool = True,
                    only_if_revision: int | None = None) -> bool:
         """Hard-delete the job and unlink its uuid everywhere (``force``), or hide it."""
         check_uuid(uuid, "job uuid")
         check_delete(force, only_if_revision)
-        query: dict = {"uuid": uuid}
+        query: dict = {"_id": uuid}
         if only_if_revision is not None:
             query["revision"] = only_if_revision
         if not force:
@@ -378,7 +552,7 @@ class MongoJobStore(JobStore):
         # idempotent updates. Other jobs are rewritten one by one under their own locks, since
         # events may be committing to them right now.
         linking = {"$or": [{field: uuid} for field in LINKAGE_FIELDS]}
-        for other in self._jobs.distinct("uuid", linking):
+        for other in self._jobs.distinct("_id", linking):
             with self._job_lock(other):
                 self._unlink_job(other, uuid)
         names = set(self._db.list_collection_names()) | set(COLLECTIONS_WITH_LINKS)
@@ -394,7 +568,7 @@ class MongoJobStore(JobStore):
                 collection.update_many({field: uuid}, {"$unset": {field: ""}})
 
     def _unlink_job(self, job: str, uuid: str) -> None:
-        doc = self._jobs.find_one({"uuid": job})
+        doc = self._jobs.find_one({"_id": job})
         if doc is None:
             return
         fields = {f: doc[f] for f in LINKAGE_FIELDS if f in doc}
@@ -407,7 +581,7 @@ class MongoJobStore(JobStore):
         dropped = set(fields) - set(remaining)
         if dropped:
             change["$unset"] = {f: "" for f in dropped}
-        self._jobs.update_one({"uuid": job}, change)
+        self._jobs.update_one({"_id": job}, change)
 
     # --- pipelines -----------------------------------------------------------------------------
     def add_pipeline(self, doc: dict) -> tuple[dict, bool]:

@@ -17,7 +17,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from ..errors import StoreError, StoreUnavailable
 from ..records import LINKAGE_FIELDS
@@ -111,6 +111,41 @@ def check_entry(entry: Any) -> dict:
         raise ValueError("history entry 'key' must be a string or None")
     check_json(entry, "history entry")
     return entry
+
+
+def check_changes(changes: Any) -> list[tuple[str, str, str, dict]]:
+    """Return ``changes`` as a list if every one is a well-formed change for a distinct job.
+
+    A change is ``(uuid, from_state, to_state, entry)``; a bad one raises ValueError naming
+    its position, so a batch is refused whole before anything is written.
+    """
+    try:
+        items = list(changes)
+    except TypeError:
+        raise ValueError(f"changes must be a sequence of (uuid, from_state, to_state, entry), "
+                         f"got {type(changes).__name__}") from None
+    seen: dict[str, int] = {}
+    out = []
+    for index, change in enumerate(items):
+        if not isinstance(change, (tuple, list)) or len(change) != 4:
+            raise ValueError(f"change {index} must be (uuid, from_state, to_state, entry), "
+                             f"got {change!r:.80}")
+        uuid, from_state, to_state, entry = change
+        try:
+            check_uuid(uuid, "job uuid")
+            check_uuid(from_state, "from_state")
+            check_uuid(to_state, "to_state")
+            check_entry(entry)
+        except ValueError as exc:
+            raise ValueError(f"change {index}: {exc}") from None
+        if uuid in seen:
+            # One compare-and-set per job and batch: the second change of a job must be
+            # computed from the first one's result, so it belongs in a later batch.
+            raise ValueError(f"change {index}: job {uuid} already has change {seen[uuid]} in "
+                             "this batch; a batch holds at most one change per job")
+        seen[uuid] = index
+        out.append((uuid, from_state, to_state, entry))
+    return out
 
 
 def check_job_record(record: Any) -> dict:
@@ -207,6 +242,7 @@ SCHEMA = (
 
 BUSY_TIMEOUT_S = 5.0  # sqlite's own wait for a lock, per attempt
 LOCK_ATTEMPTS = 3  # attempts before a lock counts as persistent (StoreUnavailable)
+_IN_CHUNK = 500  # uuids per IN (...) query: well under SQLite's bound-parameter limit
 
 
 def _dumps(value: Any) -> str:
@@ -384,6 +420,50 @@ class SqliteJobStore(JobStore):
             return record
 
         return self._write(compare_and_set)
+
+    def commit_events(self, changes: Iterable[tuple[str, str, str, dict]]) -> list[dict | None]:
+        """Group commit: ``commit_event`` for each change (distinct jobs), in ONE transaction.
+
+        Each change keeps its own compare-and-set (state and duplicate key checked inside the
+        transaction); one that misses is None and the others still commit. The batch pays one
+        lock and one fsync instead of one per change. Malformed input refuses the whole batch
+        before anything is written.
+        """
+        batch = [(uuid, from_state, to_state, json.loads(_dumps(entry)))
+                 for uuid, from_state, to_state, entry in check_changes(changes)]
+        if not batch:
+            return []
+
+        def compare_and_set_all(conn: sqlite3.Connection) -> list[dict | None]:
+            bodies: dict[str, str] = {}
+            uuids = [change[0] for change in batch]
+            for start in range(0, len(uuids), _IN_CHUNK):
+                chunk = uuids[start:start + _IN_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                rows = conn.execute(f"SELECT uuid, body FROM jobs WHERE visible = 1 AND uuid IN "
+                                    f"({marks})", chunk).fetchall()
+                bodies.update(rows)
+            results: list[dict | None] = []
+            updates = []
+            for uuid, from_state, to_state, entry in batch:
+                body = bodies.get(uuid)
+                record = json.loads(body) if body is not None else None
+                key = entry.get("key")
+                if record is None or record.get("state") != from_state or (
+                        key is not None and any(h.get("key") == key
+                                                for h in record.get("history", ()))):
+                    results.append(None)
+                    continue
+                record.update(state=to_state, last_event=entry["name"], updated=entry["date"],
+                              revision=record.get("revision", 0) + 1)
+                record.setdefault("history", []).append(entry)
+                updates.append((to_state, record["revision"], _dumps(record), uuid))
+                results.append(record)
+            conn.executemany("UPDATE jobs SET state = ?, revision = ?, body = ? WHERE uuid = ?",
+                             updates)
+            return results
+
+        return self._write(compare_and_set_all)
 
     def delete_job(self, uuid: str, force: bool = True,
                    only_if_revision: int | None = None) -> bool:

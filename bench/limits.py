@@ -1,0 +1,230 @@
+"""The physical limits, measured without reactor code: the broker and the two stores.
+
+- broker: raw pika (SelectConnection, like the consumer) consuming and acking pre-published
+  persistent messages with the consumer's prefetch, one ack per message or one multiple-ack
+  per batch, and no processing at all;
+- MongoDB-wire server: a tight pymongo loop of one compare-and-set (``find_one_and_update``
+  with the reactor's filter and update shape and write concern) per event;
+- embedded store: the same compare-and-set as a tight sqlite3 loop over the same table
+  layout and durability settings (WAL, synchronous=FULL, one BEGIN IMMEDIATE per event).
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+import uuid as _uuid
+from datetime import datetime, timezone
+
+import pika
+import pymongo
+from pymongo.write_concern import WriteConcern
+
+from workload import Workload
+
+PIPELINE = "106bench-0000-5000-8000-000000000000"
+
+
+# --- broker ---------------------------------------------------------------------------------------
+
+def publish_raw(url: str, exchange: str, routing: list[tuple[str, bytes, str]]) -> None:
+    """Publish (routing key, body, message id) triples as persistent messages, no confirms."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = conn.channel()
+        for key, payload, message_id in routing:
+            channel.basic_publish(exchange, key, payload, pika.BasicProperties(
+                delivery_mode=2, message_id=message_id, content_type="application/json"))
+    finally:
+        conn.close()
+
+
+def queue_depth(url: str, queue: str) -> int:
+    """Ready messages in ``queue`` (passive declare)."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return conn.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        conn.close()
+
+
+def wait_depth(url: str, queue: str, depth: int, timeout_s: float = 300) -> None:
+    """Wait until the broker holds ``depth`` ready messages in ``queue``."""
+    deadline = time.monotonic() + timeout_s
+    while queue_depth(url, queue) != depth:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"queue {queue} never reached {depth} messages")
+        time.sleep(0.05)
+
+
+def delete_queues(url: str, queues: list[str], exchanges: list[str] = ()) -> None:
+    """Delete benchmark queues and exchanges (missing ones are fine)."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        for name in queues:
+            channel = conn.channel()
+            channel.queue_delete(name)
+        for name in exchanges:
+            channel = conn.channel()
+            channel.exchange_delete(name)
+    finally:
+        conn.close()
+
+
+def broker_ceiling(url: str, bodies: list[bytes], prefetch: int, ack_every: int) -> float:
+    """msgs/s of raw consume + ack of ``bodies`` (ack each, or multiple every ``ack_every``)."""
+    queue = f"bench.raw.{secrets.token_hex(4)}"
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    conn.channel().queue_declare(queue, durable=True, arguments={"x-queue-type": "classic"})
+    conn.close()
+    try:
+        publish_raw(url, "", [(queue, b, f"raw-{i}") for i, b in enumerate(bodies)])
+        wait_depth(url, queue, len(bodies))
+        return _consume(url, queue, len(bodies), prefetch, ack_every)
+    finally:
+        delete_queues(url, [queue])
+
+
+def _consume(url: str, queue: str, total: int, prefetch: int, ack_every: int) -> float:
+    state = {"count": 0, "t0": 0.0, "t1": 0.0}
+
+    def on_open(connection):
+        connection.channel(on_open_callback=on_channel)
+
+    def on_channel(channel):
+        channel.basic_qos(prefetch_count=prefetch,
+                          callback=lambda _frame: channel.basic_consume(queue, on_message))
+
+    def on_message(channel, method, _props, _body):
+        if not state["count"]:
+            state["t0"] = time.perf_counter()
+        state["count"] += 1
+        count = state["count"]
+        if ack_every <= 1:
+            channel.basic_ack(method.delivery_tag)
+        elif count % ack_every == 0 or count == total:
+            channel.basic_ack(method.delivery_tag, multiple=True)
+        if count == total:
+            state["t1"] = time.perf_counter()
+            connection.close()
+
+    params = pika.URLParameters(url)
+    connection = pika.SelectConnection(params, on_open_callback=on_open,
+                                       on_close_callback=lambda c, _r: c.ioloop.stop())
+    connection.ioloop.start()
+    if state["count"] != total:
+        raise RuntimeError(f"raw consumer stopped after {state['count']} of {total}")
+    return (total - 1) / (state["t1"] - state["t0"])
+
+
+# --- stores ---------------------------------------------------------------------------------------
+
+def _history_entry(name: str, data: dict | None, key: str | None) -> dict:
+    return {"uuid": "108" + str(_uuid.uuid4())[3:], "name": name,
+            "date": datetime.now(timezone.utc), "data": data, "key": key}
+
+
+def _entry_data(payloads: list[bytes], index: int) -> dict:
+    # The data a reactor entry would hold for this message: the message's own data.
+    return json.loads(payloads[index])["data"]
+
+
+def mongo_ceiling(uri: str, database: str, work: Workload, payloads: list[bytes],
+                  compare_here: bool = False) -> float:
+    """ops/s of one compare-and-set per event (majority, journaled): ``find_one_and_update``
+    with the reactor's filter (_id = job uuid, visibility, state, no entry with the key), or
+    with ``compare_here`` a read by exact _id, the same comparison in Python, and an update by
+    exact _id (what the reactor does under its job lock on servers that need one)."""
+    client = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000)
+    try:
+        db = client[database].with_options(write_concern=WriteConcern(w="majority", j=True))
+        jobs = db["jobs"]
+        jobs.create_index("uuid", unique=True)
+        uuids = [f"107bench-{j:04x}-5000-8000-{secrets.token_hex(6)}" for j in range(work.jobs)]
+        now = datetime.now(timezone.utc)
+        jobs.insert_many([{"_id": u, "uuid": u, "pipeline_uuid": PIPELINE, "data": {"n": j},
+                           "state": "CREATED", "last_event": "create", "created": now,
+                           "updated": now, "revision": 1, "_visible": True,
+                           "history": [_history_entry("create", {"n": j}, None)]}
+                          for j, u in enumerate(uuids)])
+        t0 = time.perf_counter()
+        for i, ev in enumerate(work.events):
+            entry = _history_entry(ev.name, _entry_data(payloads, i), "id:" + ev.message_id)
+            update = {"$set": {"state": ev.to_state, "last_event": ev.name,
+                               "updated": entry["date"]},
+                      "$inc": {"revision": 1}, "$push": {"history": entry}}
+            uid = uuids[ev.job]
+            if compare_here:
+                doc = jobs.find_one({"_id": uid})
+                ok = doc["_visible"] and doc["state"] == ev.from_state and \
+                    all(h.get("key") != entry["key"] for h in doc["history"])
+                ok = ok and jobs.update_one({"_id": uid}, update).matched_count == 1
+            else:
+                ok = jobs.find_one_and_update(
+                    {"_id": uid, "_visible": True, "state": ev.from_state,
+                     "$nor": [{"history.key": entry["key"]}]}, update,
+                    return_document=pymongo.ReturnDocument.AFTER) is not None
+            if not ok:
+                raise RuntimeError(f"raw compare-and-set {i} missed")
+        elapsed = time.perf_counter() - t0
+        return len(work.events) / elapsed
+    finally:
+        client.drop_database(database)
+        client.close()
+
+
+SQLITE_SCHEMA = (
+    """CREATE TABLE jobs (uuid TEXT PRIMARY KEY, state TEXT NOT NULL, revision INTEGER NOT NULL,
+       visible INTEGER NOT NULL, pipeline_uuid TEXT, created TEXT NOT NULL, body TEXT NOT NULL)""",
+    "CREATE INDEX jobs_by_created ON jobs (created DESC, uuid)",
+    "CREATE INDEX jobs_by_state ON jobs (state, created DESC)",
+    "CREATE INDEX jobs_by_pipeline ON jobs (pipeline_uuid, created DESC)",
+)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def sqlite_ceiling(path: str, work: Workload, payloads: list[bytes]) -> float:
+    """ops/s of one BEGIN IMMEDIATE read-check-write-COMMIT per event (WAL, synchronous=FULL)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        for statement in SQLITE_SCHEMA:
+            conn.execute(statement)
+        uuids = [f"107bench-{j:04x}-5000-8000-{secrets.token_hex(6)}" for j in range(work.jobs)]
+        now = _iso(datetime.now(timezone.utc))
+        conn.execute("BEGIN IMMEDIATE")
+        for j, u in enumerate(uuids):
+            record = {"uuid": u, "pipeline_uuid": PIPELINE, "data": {"n": j}, "state": "CREATED",
+                      "last_event": "create", "created": now, "updated": now, "revision": 1,
+                      "_visible": True, "history": [dict(_history_entry("create", {"n": j},
+                                                                        None), date=now)]}
+            conn.execute("INSERT INTO jobs VALUES (?, ?, ?, 1, ?, ?, ?)",
+                         (u, "CREATED", 1, PIPELINE, now, json.dumps(record)))
+        conn.execute("COMMIT")
+        t0 = time.perf_counter()
+        for i, ev in enumerate(work.events):
+            entry = dict(_history_entry(ev.name, _entry_data(payloads, i),
+                                        "id:" + ev.message_id),
+                         date=_iso(datetime.now(timezone.utc)))
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT body FROM jobs WHERE uuid = ? AND visible = 1 AND "
+                               "state = ?", (uuids[ev.job], ev.from_state)).fetchone()
+            record = json.loads(row[0])
+            if any(h.get("key") == entry["key"] for h in record["history"]):
+                raise RuntimeError(f"raw compare-and-set {i} found its key")
+            record.update(state=ev.to_state, last_event=ev.name, updated=entry["date"],
+                          revision=record["revision"] + 1)
+            record["history"].append(entry)
+            conn.execute("UPDATE jobs SET state = ?, revision = ?, body = ? WHERE uuid = ?",
+                         (ev.to_state, record["revision"],
+                          json.dumps(record, ensure_ascii=False, separators=(",", ":")),
+                          uuids[ev.job]))
+            conn.execute("COMMIT")
+        return len(work.events) / (time.perf_counter() - t0)
+    finally:
+        conn.close()

@@ -1,0 +1,254 @@
+"""Group commit: a batch of messages for many jobs, applied in a few store writes.
+
+A message costs the store one commit on the one-by-one path (``Pipeline.process``), and a
+durable commit costs an fsync or a round trip however small the change. Here a batch of
+messages is parsed first (no I/O), each event is planned against the state its job was last
+seen in, and the changes of distinct jobs go to the store together (``JobStore.commit_events``:
+one SQLite transaction, one MongoDB bulk write), each still its own compare-and-set carrying
+the duplicate key. So the guarantees are those of the one-by-one path:
+
+- per job, events apply in delivery order: a batch is cut into *waves*, wave k holding the
+  k-th event of each job, and wave k+1 is planned only after wave k committed;
+- a change whose compare-and-set missed (another writer moved the job, a redelivered message,
+  a job that is gone) and an event that looks invalid from a remembered state go through
+  ``Pipeline.apply``, the one-by-one path, which re-reads the job and decides for certain;
+- delete actions are barriers: events before them commit first, they run one by one;
+- when the store fails mid-batch, nothing more is decided: those messages come back as
+  ``None`` for the caller to process one by one, in order, with its usual retries.
+
+The remembered states (``StateCache``) are only guesses that save a read per message: the
+compare-and-set checks every one, so a stale guess costs a fallback, never a wrong write.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from .errors import AuthError, MachineError, StoreError, StoreUnavailable, UnknownJob
+from .jobs import Change
+from .messages import DeleteMessage, EventMessage
+from .outcomes import Outcome
+from .tokens import mask_text
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline, Prepared
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class Item:
+    """One message of a batch, as ``Pipeline.process`` takes it."""
+
+    body: bytes
+    message_id: str | None = None
+    params: Mapping[str, str] | None = None
+
+
+class StateCache:
+    """The state this process last saw each job in, for at most ``size`` jobs (LRU)."""
+
+    def __init__(self, size: int = DEFAULT_CACHE_SIZE):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"cache size must be a non-negative integer, got {size!r}")
+        self.size = size
+        self._states: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, uuid: str) -> str | None:
+        """The remembered state of job ``uuid``, or None."""
+        state = self._states.get(uuid)
+        if state is not None:
+            self._states.move_to_end(uuid)
+        return state
+
+    def put(self, uuid: str, state: str) -> None:
+        """Remember ``state`` for job ``uuid`` (forgetting the least recently used job)."""
+        if not self.size:
+            return
+        self._states[uuid] = state
+        self._states.move_to_end(uuid)
+        if len(self._states) > self.size:
+            self._states.popitem(last=False)
+
+    def drop(self, uuid: str) -> None:
+        """Forget job ``uuid``."""
+        self._states.pop(uuid, None)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+class _StoreDown(Exception):
+    """Raised inside a batch when the store stopped answering: decide nothing more."""
+
+
+class GroupCommit:
+    """Process batches of messages through one pipeline with group commit."""
+
+    def __init__(self, pipeline: "Pipeline", cache_size: int = DEFAULT_CACHE_SIZE):
+        self.pipeline = pipeline
+        self.jobs = pipeline.jobs
+        self.cache = StateCache(cache_size)
+
+    def process(self, items: Sequence[Item]) -> list[Outcome | None]:
+        """One outcome per item, in order; None for each item the batch left undecided (the
+        store failed, or applying it raised unexpectedly): process those one by one, in order.
+        """
+        prepared = self._prepare(items)
+        outcomes: list[Outcome | None] = [p.outcome for p in prepared]
+        outcomes += [None] * (len(items) - len(prepared))
+        blocked: set[str] = set()  # jobs with an undecided message: their later ones wait too
+        try:
+            segment: list[int] = []
+            for index, p in enumerate(prepared):
+                if p.outcome is not None:
+                    continue
+                if isinstance(p.message, DeleteMessage):
+                    self._run_segment(segment, prepared, outcomes, blocked)
+                    segment = []
+                    if p.message.uuid not in blocked:
+                        outcomes[index] = self._delete(items[index], p.message.uuid)
+                    if outcomes[index] is None:
+                        blocked.add(p.message.uuid)
+                else:
+                    segment.append(index)
+            self._run_segment(segment, prepared, outcomes, blocked)
+        except _StoreDown as exc:
+            undecided = sum(o is None for o in outcomes)
+            log.warning("the store failed during a batch: %d message(s) left to the one-by-one "
+                        "path: %s", undecided, mask_text(str(exc.__cause__ or exc)))
+        return outcomes
+
+    def _prepare(self, items: Sequence[Item]) -> list["Prepared"]:
+        """``Pipeline.prepare`` of each item, up to (not including) one that raised."""
+        prepared = []
+        for item in items:
+            try:
+                prepared.append(self.pipeline.prepare(item.body, item.message_id, item.params))
+            except Exception as exc:  # noqa: BLE001 - a bug; the one-by-one path reports it
+                # Its job is unknown, so nothing after it may overtake it: stop here.
+                log.warning("preparing a message raised %s; it and the %d message(s) after it "
+                            "take the one-by-one path", type(exc).__name__,
+                            len(items) - len(prepared) - 1)
+                break
+        return prepared
+
+    def process_all(self, items: Sequence[Item]) -> list[Outcome]:
+        """``process``, then the one-by-one pipeline for whatever the batch left undecided."""
+        outcomes = self.process(items)
+        return [o if o is not None else self.pipeline.process(i.body, i.message_id, i.params)
+                for i, o in zip(items, outcomes)]
+
+    # --- one segment (between delete actions) ---------------------------------------------
+    def _run_segment(self, indexes: list[int], prepared: list["Prepared"],
+                     outcomes: list[Outcome | None], blocked: set[str]) -> None:
+        waves: list[list[int]] = []
+        seen: dict[str, int] = {}
+        for index in indexes:
+            uuid = prepared[index].message.uuid
+            k = seen.get(uuid, 0)
+            seen[uuid] = k + 1
+            if k == len(waves):
+                waves.append([])
+            waves[k].append(index)
+        for wave in waves:
+            self._run_wave([i for i in wave if prepared[i].message.uuid not in blocked],
+                           prepared, outcomes, blocked)
+
+    def _run_wave(self, wave: list[int], prepared: list["Prepared"],
+                  outcomes: list[Outcome | None], blocked: set[str]) -> None:
+        planned: list[tuple[int, Change]] = []
+        fallback: list[int] = []
+        date = self.jobs.clock()  # one commit, one time
+        for index in wave:
+            message, key = prepared[index].message, prepared[index].key
+            state = self._state(message.uuid)
+            if state is None:
+                outcomes[index] = self.pipeline.finish(message, key, UnknownJob(
+                    f"no job with uuid {message.uuid}"))
+                continue
+            try:
+                change = self.jobs.plan(message.uuid, message.event, message.data,
+                                        message.token, key, state, date)
+            except AuthError as exc:
+                outcomes[index] = self.pipeline.finish(message, key, exc, state)
+            except MachineError:
+                fallback.append(index)  # the remembered state may be stale: decide for sure
+            else:
+                planned.append((index, change))
+        for (index, change), result in zip(planned, self._commit([c for _, c in planned])):
+            message, key = prepared[index].message, prepared[index].key
+            if result is None:
+                self.cache.drop(message.uuid)
+                fallback.append(index)
+            else:
+                self.cache.put(message.uuid, result.record["state"])
+                outcomes[index] = self.pipeline.finish(message, key, result)
+        for index in sorted(fallback):
+            message, key = prepared[index].message, prepared[index].key
+            outcome = self._apply_alone(message, key)
+            outcomes[index] = outcome
+            if outcome is None:
+                blocked.add(message.uuid)
+
+    def _state(self, uuid: str) -> str | None:
+        """The job's state: remembered, else read (None when there is no such job)."""
+        state = self.cache.get(uuid)
+        if state is not None:
+            return state
+        try:
+            record = self.jobs.store.get_job(uuid)
+        except (StoreUnavailable, TimeoutError) as exc:
+            raise _StoreDown() from exc
+        if record is None:
+            return None
+        self.cache.put(uuid, record["state"])
+        return record["state"]
+
+    def _commit(self, changes: list[Change]) -> list:
+        """``Jobs.commit_many``; if the store refuses the batch as a whole, every change falls
+        back to the one-by-one path, where each meets its own fate alone."""
+        if not changes:
+            return []
+        try:
+            return self.jobs.commit_many(changes)
+        except (StoreUnavailable, TimeoutError) as exc:
+            raise _StoreDown() from exc
+        except (StoreError, ValueError) as exc:
+            log.warning("the store refused a batch of %d change(s) (%s); applying them one by "
+                        "one", len(changes), mask_text(str(exc)))
+            return [None] * len(changes)
+
+    def _apply_alone(self, message: EventMessage, key: str) -> Outcome | None:
+        """The one-by-one path for one event; None if it could not be decided."""
+        try:
+            outcome = self.pipeline.apply(message, key)
+        except Exception as exc:  # noqa: BLE001 - the caller retries it alone and counts it
+            log.warning("applying an event to job %s raised %s; leaving it to the one-by-one "
+                        "path", message.uuid, type(exc).__name__)
+            self.cache.drop(message.uuid)
+            return None
+        if outcome.kind == "retry":
+            raise _StoreDown(outcome.detail)
+        if outcome.state is not None:
+            self.cache.put(message.uuid, outcome.state)
+        else:
+            self.cache.drop(message.uuid)
+        return outcome
+
+    def _delete(self, item: Item, uuid: str) -> Outcome | None:
+        """A delete action, alone (they are rare, and they end a job's story)."""
+        self.cache.drop(uuid)
+        try:
+            outcome = self.pipeline.process(item.body, item.message_id, item.params)
+        except Exception as exc:  # noqa: BLE001 - decided again by the one-by-one path
+            log.warning("a delete action for job %s raised %s; leaving it to the one-by-one "
+                        "path", uuid, type(exc).__name__)
+            return None
+        if outcome.kind == "retry":
+            raise _StoreDown(outcome.detail)
+        return outcome

@@ -1,0 +1,161 @@
+"""Logging setup: one JSON object per line for machines, a readable line for terminals.
+
+``setup_logging`` installs one handler on the ``reactor`` logger (and any other loggers named,
+e.g. ``uvicorn``) with the formatter the ``log_format`` key chooses: ``json``, ``console``, or
+``auto`` (console when the stream is a terminal, JSON otherwise). Both formatters pass every
+line through token masking, so a token that slipped into a message, a field or a traceback
+never reaches the output.
+
+Structured fields travel in ``extra={"fields": {...}}``; ``log_outcome`` writes the one line
+per processed message (message id, job uuid, event, outcome, attempt, latency).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping, TextIO
+
+from .tokens import mask, mask_text
+
+FORMATS = ("json", "console", "auto")
+FIELDS_ATTR = "fields"
+# Marks handlers installed here, so a second setup replaces them instead of doubling lines.
+_MARK = "_reactor_logs"
+# Field names whose values are secrets: shown masked whatever they hold.
+_SECRET_FIELDS = frozenset({"token", "authorization", "password", "secret"})
+
+
+def _clean(value: Any) -> Any:
+    """A field value safe to log: strings masked, containers walked, the rest as they are."""
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, Mapping):
+        return {str(k): (mask(v) if str(k).lower() in _SECRET_FIELDS else _clean(v))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return mask_text(str(value))
+
+
+def record_fields(record: logging.LogRecord) -> dict:
+    """The structured fields attached to ``record`` (masked), or an empty dict."""
+    fields = getattr(record, FIELDS_ATTR, None)
+    return _clean(fields) if isinstance(fields, Mapping) else {}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    moment = datetime.fromtimestamp(record.created, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the record's fields, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON, tokens masked."""
+        doc: dict[str, Any] = {"time": _timestamp(record), "level": record.levelname,
+                               "logger": record.name, "message": mask_text(record.getMessage())}
+        for key, value in record_fields(record).items():
+            # Fields never overwrite the envelope: a field named "message" stays distinct.
+            doc[key if key not in doc else f"field_{key}"] = value
+        if record.exc_info:
+            doc["exc"] = mask_text(self.formatException(record.exc_info))
+        if record.stack_info:
+            doc["stack"] = mask_text(self.formatStack(record.stack_info))
+        # default=str: a field of an unexpected type must not cost the whole line.
+        line = json.dumps(doc, ensure_ascii=False, default=str, separators=(",", ":"))
+        return mask_text(line)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``time LEVEL logger message key=value …`` for people at a terminal, tokens masked."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one readable line (plus a traceback, if any), tokens masked."""
+        text = super().format(record)
+        fields = record_fields(record)
+        if fields:
+            extra = " ".join(f"{k}={_console_value(v)}" for k, v in fields.items()
+                             if v is not None)
+            head, sep, tail = text.partition("\n")  # fields go on the first line
+            text = f"{head} [{extra}]{sep}{tail}" if extra else text
+        return mask_text(text)
+
+
+def _console_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and " " not in value else json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def choose_format(log_format: str, stream: TextIO) -> str:
+    """``json`` or ``console``: ``auto`` is console on a terminal, JSON otherwise."""
+    if log_format not in FORMATS:
+        raise ValueError(f"log_format must be one of {', '.join(FORMATS)}, got {log_format!r}")
+    if log_format != "auto":
+        return log_format
+    try:
+        return "console" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # a closed or file-less stream is no terminal
+        return "json"
+
+
+def make_formatter(fmt: str) -> logging.Formatter:
+    """The formatter for a resolved format (``json`` or ``console``)."""
+    return JsonFormatter() if fmt == "json" else ConsoleFormatter()
+
+
+def setup_logging(level: str = "INFO", log_format: str = "auto", stream: TextIO | None = None,
+                  loggers: Iterable[str] = ("reactor",)) -> logging.Handler:
+    """Send the named loggers to ``stream`` (stderr) in the chosen format; returns the handler.
+
+    Calling it again replaces the handler installed before (no doubled lines)."""
+    stream = stream if stream is not None else sys.stderr
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(make_formatter(choose_format(log_format, stream)))
+    setattr(handler, _MARK, True)
+    for name in loggers:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, _MARK, False)
+                    or getattr(h, "_reactor_invoke", False)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(level.upper())
+        if name != "reactor":
+            logger.propagate = False  # e.g. uvicorn: one line, not one per ancestor handler
+    return handler
+
+
+def outcome_fields(outcome: Any, *, message_id: str | None, attempt: int | None,
+                   latency_s: float | None, action: str | None = None) -> dict:
+    """The structured fields of one processed message (for ``extra={"fields": …}``)."""
+    fields = {"message_id": message_id, "job_uuid": outcome.job_uuid, "event": outcome.event,
+              "outcome": outcome.label, "state": outcome.state, "attempt": attempt,
+              "latency_ms": None if latency_s is None else round(latency_s * 1000, 3)}
+    if action is not None:
+        fields["action"] = action
+    return fields
+
+
+def log_outcome(logger: logging.Logger, outcome: Any, *, message_id: str | None,
+                attempt: int | None, latency_s: float | None, action: str | None = None,
+                detail: str | None = None, level: int | None = None) -> None:
+    """Log one line for one processed message: ``<label>: <detail>`` plus structured fields.
+
+    ``outcome`` is a ``reactor.outcomes.Outcome``; ``action`` says what was done with the
+    message (ack, retry_later, dead_letter); ``detail`` replaces the outcome's detail (e.g.
+    one already scrubbed of the message's own token)."""
+    text = outcome.detail if detail is None else detail
+    if level is None:
+        level = logging.INFO if outcome.ok else logging.WARNING
+    fields = outcome_fields(outcome, message_id=message_id, attempt=attempt,
+                            latency_s=latency_s, action=action)
+    logger.log(level, "%s: %s", outcome.label, mask_text(text or ""),
+               extra={FIELDS_ATTR: fields})

@@ -1,0 +1,548 @@
+"""HTTP ingress (``reactor serve``): job-status callbacks and events in, onto the queue.
+
+Endpoints (Starlette, served by uvicorn):
+
+- ``POST /callbacks?uuid=…&token=…&status=…`` with the HPC job JSON as body (Agave/Tapis);
+- ``POST /events`` with an event body (or a delete action), or no body and ``uuid``,
+  ``event``, ``token``, ``note`` query parameters (a parameter-only event);
+- ``GET /jobs/{uuid}`` with the token in ``?token=`` or ``Authorization: Bearer``: state and
+  history;
+- ``GET /healthz`` (the process answers), ``GET /readyz`` (broker and store answer),
+  ``GET /metrics`` (Prometheus).
+
+A POST goes through the same message contract as every other path (``reactor.messages.parse``:
+size, decode, classify, validate), then the token is checked, then the job is looked up, and
+only then is one self-contained event message published to the exchange with a publisher
+confirm. ``202`` is answered after the confirm, never before: a ``202`` means the message is
+in a durable queue. Anything else means nothing was published, so the sender may simply try
+again; a retried request gets the same message id (a digest of body and parameters), so a
+copy that did reach the queue is a ``duplicate`` for the consumer, never a second event.
+
+Errors are JSON ``{"error": <reason>, "detail": <what was wrong>}``: 400 (decode, schema,
+bad parameter), 401 (no token), 403 (token does not authorise), 404 (no such job), 413 (too
+large), 422 (unknown event), 503 (broker or store unavailable). Tokens are never echoed: the
+request's tokens are masked in every detail and log line.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from typing import Any, Awaitable, Callable, Mapping
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import lifecycle, messages
+from .errors import BrokerError, StoreUnavailable
+from .identifiers import check_typed
+from .logs import FIELDS_ATTR
+from .messages import DeleteMessage, EventMessage, MessageRejected
+from .metrics import Metrics
+from .tokens import mask, mask_text
+from .transport import Topology, redact_url
+
+log = logging.getLogger(__name__)
+
+# Status code of each rejection the message contract can raise before the store is touched.
+STATUS_BY_REASON = {"too_large": 413, "decode_error": 400, "schema_invalid": 400,
+                    "unknown_event": 422}
+KEEPALIVE_S = 10.0  # well inside the 30 s heartbeat: an idle connection stays open
+APP_ID = "reactor serve"
+# History fields a token holder may read; duplicate keys stay internal.
+_HISTORY_FIELDS = ("uuid", "name", "date", "data")
+_JOB_FIELDS = ("uuid", "pipeline_uuid", "state", "last_event", "created", "updated",
+               "revision", "archive_system", "archive_path", "child_of", "generated_by",
+               "acted_on", "acted_using")
+
+
+class HttpError(Exception):
+    """A request that ends with an error status and a JSON body naming the problem."""
+
+    def __init__(self, status: int, error: str, detail: str,
+                 headers: Mapping[str, str] | None = None):
+        super().__init__(f"{status} {error}: {detail}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+# --------------------------------------------------------------------------------- broker
+class BrokerLink:
+    """One confirming publisher shared by all request threads.
+
+    pika connections are not thread-safe, so every use of the publisher holds one lock; the
+    publisher is created on first use and again after the connection was lost."""
+
+    def __init__(self, url: str, topology: Topology, metrics: Metrics | None = None,
+                 factory: Callable[[], Any] | None = None):
+        from .transport_admin import KeptAlivePublisher
+
+        self.url = redact_url(url)
+        self.topology = topology
+        self.metrics = metrics
+        self._factory = factory or (lambda: KeptAlivePublisher(url, topology, APP_ID))
+        self._publisher: Any = None
+        self._lock = threading.Lock()
+
+    def _connected(self) -> Any:
+        if self._publisher is not None and not self._publisher.is_open:
+            self._drop()
+        if self._publisher is None:
+            try:
+                self._publisher = self._factory()
+            except BrokerError:
+                self._state(False)
+                raise
+            self._state(True)
+        return self._publisher
+
+    def _drop(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.close()
+        self._state(False)
+
+    def _state(self, up: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.set_broker_connected(up)
+
+    def publish(self, routing_key: str, body: bytes, properties: Mapping[str, Any]) -> None:
+        """Publish to the exchange and wait for the confirm; BrokerError if not confirmed."""
+        with self._lock:
+            for attempt in (1, 2):
+                publisher = self._connected()
+                try:
+                    publisher.publish(self.topology.exchange, routing_key, body, properties)
+                    return
+                except BrokerError:
+                    if publisher.is_open or attempt == 2:
+                        raise  # refused or unroutable on a live connection: a real answer
+                    # The connection died while idle (broker restart, a missed heartbeat):
+                    # once more on a fresh one. Should the first copy have arrived after all,
+                    # its message id makes the second a duplicate.
+                    self._drop()
+
+    def check(self) -> None:
+        """Raise BrokerError unless the broker answers on our connection."""
+        with self._lock:
+            try:
+                self._connected().ping()
+            except BrokerError:
+                self._drop()
+                raise
+
+    def keepalive(self) -> None:
+        """Service heartbeats of an idle connection (called every few seconds)."""
+        with self._lock:
+            if self._publisher is None:
+                return
+            try:
+                self._publisher.ping()
+            except BrokerError as exc:
+                log.warning("broker connection lost while idle: %s; reconnecting on the next "
+                            "request", exc)
+                self._drop()
+
+    def close(self) -> None:
+        """Close the connection, if any."""
+        with self._lock:
+            if self._publisher is not None:
+                self._publisher.close()
+                self._publisher = None
+
+
+# --------------------------------------------------------------------------------- helpers
+def _scrub(text: str, secrets: list[str]) -> str:
+    """``text`` with every known token of the request masked, then any ``token=…`` too."""
+    for secret in secrets:
+        if isinstance(secret, str) and len(secret) >= 4:
+            text = text.replace(secret, mask(secret))
+    return mask_text(text)
+
+
+def _request_tokens(request: Request, body: bytes = b"") -> list[str]:
+    """Every token the request carries, so none of them is ever echoed."""
+    found = list(request.query_params.getlist("token"))
+    auth = request.headers.get("authorization", "")
+    if auth:
+        found.append(auth.split(None, 1)[-1])
+    if body:
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("token"), str):
+            found.append(doc["token"])
+    # Longest first: a token that contains another is masked whole.
+    return sorted(set(found), key=len, reverse=True)
+
+
+def _params(request: Request) -> dict[str, str]:
+    """The recognised query parameters; a parameter given twice is ambiguous (400)."""
+    out = {}
+    for name in messages.PARAM_NAMES:
+        values = request.query_params.getlist(name)
+        if len(values) > 1:
+            raise HttpError(400, "bad_request", f"query parameter {name!r} is given "
+                            f"{len(values)} times; give it once")
+        if values:
+            out[name] = values[0]
+    return out
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise HttpError(400, "bad_request", "the Content-Length header is not a "
+                            "number") from None
+        if size > limit:
+            raise HttpError(413, "too_large", f"request body is {size} bytes; the limit is "
+                            f"{limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, "too_large", f"request body is more than {limit} bytes; the "
+                            f"limit is {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def outgoing_body(message: EventMessage | DeleteMessage) -> bytes:
+    """The self-contained queue message for a parsed request (the consumer needs no params)."""
+    if isinstance(message, DeleteMessage):
+        doc: dict[str, Any] = {"uuid": message.uuid, "action": "delete",
+                               "force": message.force, "token": message.token}
+    else:
+        doc = {"uuid": message.uuid, "name": message.event, "token": message.token}
+        if message.data is not None:
+            doc["data"] = message.data
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def public_job(record: Mapping[str, Any]) -> dict:
+    """What ``GET /jobs/{uuid}`` shows: the job's fields and history, no internal keys."""
+    out = {k: record.get(k) for k in _JOB_FIELDS if k in record}
+    out["history"] = [{k: h.get(k) for k in _HISTORY_FIELDS} for h in record.get("history", ())]
+    return out
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth is None:
+        return None
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise HttpError(401, "token_required", "the Authorization header must be "
+                        "'Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+    return value.strip()
+
+
+# --------------------------------------------------------------------------------- the app
+class Ingress:
+    """The request handlers, over one App (store, authority, settings) and one BrokerLink."""
+
+    def __init__(self, app: Any, link: BrokerLink, metrics: Metrics):
+        self.app = app
+        self.link = link
+        self.metrics = metrics
+        self.max_bytes = app.settings.max_message_bytes
+        self.authority = app.authority
+        self._store_lock = threading.Lock()
+
+    def _open_store(self) -> Any:
+        # Opened on first use, not at start-up: a store that is down at start makes requests
+        # answer 503 and /readyz say why, and the server recovers when the store does.
+        with self._store_lock:
+            return self.app.store
+
+    # --- POST ---------------------------------------------------------------------------------
+    async def accept(self, request: Request, info: dict) -> Response:
+        """Parse, authorise, find the job, publish with a confirm; 202 after the confirm."""
+        info["secrets"] = _request_tokens(request)
+        params = _params(request)
+        body = await _read_body(request, self.max_bytes)
+        info["secrets"] = _request_tokens(request, body)
+        try:
+            message = messages.parse(body, params, self.max_bytes)
+        except MessageRejected as exc:
+            info.update(job_uuid=exc.job_uuid, event=exc.event)
+            raise HttpError(STATUS_BY_REASON.get(exc.reason, 400), exc.reason,
+                            exc.detail) from None
+        event = message.event if isinstance(message, EventMessage) else "delete"
+        info.update(job_uuid=message.uuid, event=event)
+        self._authorise(message, event)
+        await self._find_job(message)
+        out = outgoing_body(message)
+        self._check_outgoing(out, message)
+        message_id = messages.duplicate_key(body, None, params)
+        props = {"message_id": message_id, "content_type": "application/json",
+                 "delivery_mode": 2, "timestamp": int(time.time()), "app_id": APP_ID}
+        try:
+            with self.metrics.timing_publish():
+                await run_in_threadpool(self.link.publish, message.uuid, out, props)
+        except BrokerError as exc:
+            raise HttpError(503, "broker_unavailable", f"the message was not accepted: {exc}; "
+                            "nothing was queued, send it again later",
+                            {"Retry-After": "5"}) from None
+        info["message_id"] = message_id
+        return JSONResponse({"accepted": True, "message_id": message_id, "uuid": message.uuid,
+                             "event": event}, status_code=202)
+
+    def _authorise(self, message: EventMessage | DeleteMessage, event: str) -> None:
+        # Before the store lookup, so a caller without a valid token learns nothing about
+        # which jobs exist.
+        if not message.token:
+            raise HttpError(401, "token_required", f"{event!r} on job {message.uuid} needs a "
+                            "token: the 'token' query parameter, or 'token' in an event body",
+                            {"WWW-Authenticate": "Bearer"})
+        if isinstance(message, DeleteMessage):
+            if not self.authority.is_admin(message.token):
+                raise HttpError(403, "auth_failed", f"token {mask(message.token)} is not a "
+                                "valid administrative token; deleting a job needs one")
+            return
+        admin_only = lifecycle.is_admin_event(event)
+        if not self.authority.allows(message.uuid, message.token, admin_only=admin_only):
+            needs = "an administrative token" if admin_only else \
+                "the job's token or an administrative token"
+            raise HttpError(403, "auth_failed", f"token {mask(message.token)} does not "
+                            f"authorise {event!r} on job {message.uuid}; it needs {needs}")
+
+    async def _find_job(self, message: EventMessage | DeleteMessage) -> None:
+        hidden = isinstance(message, DeleteMessage)
+        record = await self._store("get_job", message.uuid, include_hidden=hidden)
+        if record is None:
+            raise HttpError(404, "unknown_job", f"no job with uuid {message.uuid}")
+
+    def _check_outgoing(self, out: bytes, message: EventMessage | DeleteMessage) -> None:
+        # The queue message must pass the consumer's own checks, or 202 would be a lie.
+        if len(out) > self.max_bytes:
+            raise HttpError(413, "too_large", f"the event built from this request is "
+                            f"{len(out)} bytes; the limit is {self.max_bytes} bytes")
+        again = messages.parse(out, None, self.max_bytes)
+        if (again.uuid, getattr(again, "event", None), getattr(again, "data", None)) != \
+                (message.uuid, getattr(message, "event", None), getattr(message, "data", None)):
+            raise RuntimeError("the queue message does not round-trip through the contract")
+
+    async def _call_store(self, method: str, *args, **kwargs) -> Any:
+        """Call a store method in a worker thread, keeping the store gauge current."""
+        def call() -> Any:
+            return getattr(self._open_store(), method)(*args, **kwargs)
+
+        try:
+            result = await run_in_threadpool(call)
+        except (StoreUnavailable, TimeoutError):
+            self.metrics.set_store_connected(False)
+            raise
+        self.metrics.set_store_connected(True)
+        return result
+
+    async def _store(self, method: str, *args, **kwargs) -> Any:
+        """``_call_store``, with a store that does not answer turned into a 503."""
+        try:
+            return await self._call_store(method, *args, **kwargs)
+        except (StoreUnavailable, TimeoutError) as exc:
+            raise HttpError(503, "store_unavailable", f"the store does not answer: {exc}; "
+                            "nothing was queued, send it again later",
+                            {"Retry-After": "5"}) from None
+
+    # --- GET ----------------------------------------------------------------------------------
+    async def job(self, request: Request, info: dict) -> Response:
+        """State and history of one job, for a holder of its token (or an admin token)."""
+        info["secrets"] = _request_tokens(request)
+        uuid = request.path_params["uuid"]
+        try:
+            check_typed(uuid, "pipelinejob")
+        except ValueError as exc:
+            raise HttpError(400, "bad_request", str(exc)) from None
+        info["job_uuid"] = uuid
+        query = request.query_params.getlist("token")
+        if len(query) > 1:
+            raise HttpError(400, "bad_request", "query parameter 'token' is given "
+                            f"{len(query)} times; give it once")
+        header = _bearer(request)
+        if query and header is not None and query[0] != header:
+            raise HttpError(400, "bad_request", "two different tokens (query parameter and "
+                            "Authorization header); give one")
+        token = header if header is not None else (query[0] if query else None)
+        if not token:
+            raise HttpError(401, "token_required", f"reading job {uuid} needs its token: "
+                            "'Authorization: Bearer <token>' or ?token=",
+                            {"WWW-Authenticate": "Bearer"})
+        if not self.authority.allows(uuid, token):
+            raise HttpError(403, "auth_failed", f"token {mask(token)} does not authorise "
+                            f"reading job {uuid}")
+        record = await self._store("get_job", uuid)
+        if record is None:
+            raise HttpError(404, "unknown_job", f"no job with uuid {uuid}")
+        return JSONResponse(public_job(record), headers={"Cache-Control": "no-store"})
+
+    async def healthz(self, request: Request, info: dict) -> Response:
+        """Liveness: the process answers HTTP."""
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request, info: dict) -> Response:
+        """Readiness: the broker and the store both answer."""
+        checks = {}
+        try:
+            await run_in_threadpool(self.link.check)
+            checks["broker"] = "ok"
+        except BrokerError as exc:
+            checks["broker"] = mask_text(str(exc))
+        try:
+            await self._call_store("ping")
+            checks["store"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+            checks["store"] = mask_text(f"{type(exc).__name__}: {exc}")
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", **checks},
+                            status_code=200 if ready else 503)
+
+    async def metrics_page(self, request: Request, info: dict) -> Response:
+        """The Prometheus exposition of this process."""
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)
+
+
+Handler = Callable[[Request, dict], Awaitable[Response]]
+
+
+def _instrument(name: str, handler: Handler, metrics: Metrics) -> Callable:
+    """Wrap ``handler``: errors become JSON bodies; every request is counted and logged once."""
+
+    async def endpoint(request: Request) -> Response:
+        start = time.perf_counter()
+        info: dict[str, Any] = {"secrets": []}
+        try:
+            response = await handler(request, info)
+        except HttpError as exc:
+            info["error"] = exc.error
+            response = JSONResponse({"error": exc.error,
+                                     "detail": _scrub(exc.detail, info["secrets"])},
+                                    status_code=exc.status, headers=exc.headers)
+        except Exception as exc:  # noqa: BLE001 - a bug must not leak details or a token
+            info["error"] = "internal_error"
+            log.error("internal error answering %s %s: %s", request.method, request.url.path,
+                      _scrub(f"{type(exc).__name__}: {exc}", info["secrets"]), exc_info=True)
+            response = JSONResponse({"error": "internal_error", "detail": "an internal error "
+                                     "occurred; nothing was queued"}, status_code=500)
+        metrics.http_request(name, response.status_code)
+        if name not in ("healthz", "metrics"):  # probes and scrapes would drown the log
+            _log_request(request, name, response.status_code, info,
+                         time.perf_counter() - start)
+        return response
+
+    endpoint.__name__ = name
+    return endpoint
+
+
+def _log_request(request: Request, name: str, status: int, info: dict, seconds: float) -> None:
+    # The path only: the query string carries tokens.
+    fields = {"endpoint": name, "method": request.method, "status": status,
+              "job_uuid": info.get("job_uuid"), "event": info.get("event"),
+              "error": info.get("error"), "message_id": info.get("message_id"),
+              "latency_ms": round(seconds * 1000, 3)}
+    level = logging.WARNING if status >= 500 else logging.INFO
+    text = _scrub(f"{request.method} {request.url.path} {status}", info.get("secrets", []))
+    log.log(level, "%s", text, extra={FIELDS_ATTR: fields})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and wrong methods get JSON errors too."""
+    status = getattr(exc, "status_code", 500)
+    names = {404: "not_found", 405: "method_not_allowed"}
+    return JSONResponse({"error": names.get(status, "http_error"),
+                         "detail": f"{request.method} {request.url.path}: "
+                                   f"{getattr(exc, 'detail', '')}"},
+                        status_code=status, headers=getattr(exc, "headers", None))
+
+
+def create_app(app: Any, link: BrokerLink | None = None, metrics: Metrics | None = None,
+               keepalive_s: float = KEEPALIVE_S) -> Starlette:
+    """The ASGI application over ``app`` (an ``App``); publishes through ``link``."""
+    metrics = metrics or Metrics()
+    if link is None:
+        link = BrokerLink(app.settings.broker_url, Topology.from_settings(app.settings),
+                          metrics)
+    ingress = Ingress(app, link, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_asgi: Starlette):
+        stop = threading.Event()
+
+        def keep_alive() -> None:
+            while not stop.wait(keepalive_s):
+                link.keepalive()
+
+        try:
+            await run_in_threadpool(link.check)
+            log.info("broker %s answers", link.url)
+        except BrokerError as exc:
+            # Not fatal: callbacks get 503 until the broker is back, /readyz says why.
+            log.warning("broker not available yet: %s", exc)
+        thread = threading.Thread(target=keep_alive, name="reactor-keepalive", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            link.close()
+
+    def route(path: str, name: str, handler: Handler, method: str) -> Route:
+        return Route(path, _instrument(name, handler, metrics), methods=[method], name=name)
+
+    routes = [
+        route("/callbacks", "callbacks", ingress.accept, "POST"),
+        route("/events", "events", ingress.accept, "POST"),
+        route("/jobs/{uuid}", "jobs", ingress.job, "GET"),
+        route("/healthz", "healthz", ingress.healthz, "GET"),
+        route("/readyz", "readyz", ingress.readyz, "GET"),
+        route("/metrics", "metrics", ingress.metrics_page, "GET"),
+    ]
+    asgi = Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: _http_error})
+    asgi.state.metrics = metrics
+    asgi.state.link = link
+    return asgi
+
+
+def _ignore(_signum: int, _frame: Any) -> None:
+    """A signal handler that does nothing (see ``run``)."""
+
+
+def run(app: Any, host: str = "127.0.0.1", port: int = 8080, grace_s: int = 30) -> None:
+    """Serve until SIGTERM/SIGINT (uvicorn finishes requests in progress, up to ``grace_s``)."""
+    import uvicorn
+
+    config = uvicorn.Config(create_app(app), host=host, port=port, log_config=None,
+                            access_log=False, server_header=False, lifespan="on",
+                            timeout_graceful_shutdown=grace_s)
+    server = uvicorn.Server(config)
+    # uvicorn drains on SIGTERM/SIGINT and then re-raises the signal into the handlers that
+    # were installed before it; ours are no-ops, so a graceful stop ends with exit code 0
+    # (like `reactor consume`) instead of death by signal.
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    except SystemExit:
+        # uvicorn exits (code 3) when it cannot bind or start: one error line of ours instead.
+        server.started = False
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:
+        raise OSError(f"could not serve on {host}:{port} (see the log above)")

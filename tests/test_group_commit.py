@@ -1,0 +1,518 @@
+"""Group commit: a batch gives exactly what one-by-one processing gives, on both backends.
+
+Store level: ``commit_events`` against ``commit_event`` on twin jobs. Pipeline level:
+``GroupCommit`` against ``Pipeline.process`` on twin jobs, with conflicts (stale states,
+repeated keys, invalid transitions, bad tokens, unknown jobs, deletes) mixed into the batches.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+import pymongo
+import pytest
+
+from reactor import records
+from reactor.batching import GroupCommit, Item, StateCache
+from reactor.errors import StoreUnavailable
+from reactor.identifiers import typed_uuid
+from reactor.pipeline import Pipeline
+from reactor.store import open_store
+from reactor.store.sqlite import SqliteJobStore
+
+GHOST = typed_uuid("pipelinejob", "no such job")
+T1 = "2024-01-01T00:00:01.000Z"
+
+
+def entry(name: str, key: str | None = None, data: dict | None = None) -> dict:
+    return records.history_entry(name, data if data is not None else {"e": name}, T1, key)
+
+
+def twins(jobs, count: int) -> tuple[list[str], list[str]]:
+    """``count`` pairs of jobs identical but for their uuid (``a`` and ``b`` sides)."""
+    a = [jobs.create(jobs.pipeline_uuid, data={"n": n, "side": "a"})[0]["uuid"]
+         for n in range(count)]
+    b = [jobs.create(jobs.pipeline_uuid, data={"n": n, "side": "b"})[0]["uuid"]
+         for n in range(count)]
+    return a, b
+
+
+def same_shape(record: dict | None, uuid: str) -> dict | None:
+    """A record with everything that differs between twins (uuid, data, entry ids) blanked."""
+    if record is None:
+        return None
+    text = json.dumps(record, sort_keys=True).replace(uuid, "<job>")
+    text = text.replace('"id:a-', '"id:').replace('"id:b-', '"id:')  # message ids per side
+    out = json.loads(text)
+    for name in ("data", "created", "updated"):  # twins differ in data and creation time
+        out.pop(name)
+    out["history"] = [{k: v for k, v in h.items() if k not in ("uuid", "date")}
+                      for h in out["history"]]
+    out["history"][0]["data"] = None  # the create entry holds the (different) job data
+    return out
+
+
+# --- store: commit_events ----------------------------------------------------------------------
+
+def conflicting_changes(jobs, side: list[str]) -> list[tuple[str, str, str, dict]]:
+    """Changes for jobs 0..4 of one side: two that match, a stale state, a repeated key, a
+    hidden job, plus one for a job that does not exist."""
+    store = jobs.store
+    store.commit_event(side[2], "CREATED", "CREATED", entry("update", key="seen"))
+    store.delete_job(side[3], force=False)
+    return [
+        (side[0], "CREATED", "RUNNING", entry("run", key="k0")),
+        (side[1], "CREATED", "CREATED", entry("update")),
+        (side[4], "RUNNING", "FINISHED", entry("finish", key="k4")),    # stale from_state
+        (side[2], "CREATED", "CREATED", entry("update", key="seen")),   # repeated key
+        (side[3], "CREATED", "RUNNING", entry("run", key="k3")),        # hidden job
+        (GHOST, "CREATED", "RUNNING", entry("run")),                    # no such job
+    ]
+
+
+def test_a_batch_gives_exactly_the_one_by_one_results(jobs):
+    a, b = twins(jobs, 5)
+    changes_a, changes_b = conflicting_changes(jobs, a), conflicting_changes(jobs, b)
+    one_by_one = [jobs.store.commit_event(*change) for change in changes_a]
+    batch = jobs.store.commit_events(changes_b)
+    assert [r is not None for r in batch] == [True, True, False, False, False, False]
+    assert [same_shape(r, c[0]) for r, c in zip(batch, changes_b)] == \
+        [same_shape(r, c[0]) for r, c in zip(one_by_one, changes_a)]
+    for x, y in zip(a, b):
+        assert same_shape(jobs.store.get_job(y, include_hidden=True), y) == \
+            same_shape(jobs.store.get_job(x, include_hidden=True), x)
+    # what the batch returned is what the store now holds
+    assert batch[0] == jobs.store.get_job(b[0]) and batch[1] == jobs.store.get_job(b[1])
+    assert batch[0]["history"][-1]["key"] == "k0" and batch[0]["revision"] == 2
+
+
+def test_a_missed_change_is_applied_by_the_one_by_one_fallback(jobs):
+    (uuid,), _ = twins(jobs, 1)
+    token = jobs.authority.job_token(uuid)
+    jobs.apply(uuid, "run", token=token)  # another writer moved the job: CREATED → RUNNING
+    stale = jobs.plan(uuid, "update", {"x": 1}, token, "msg-1", "CREATED")
+    assert jobs.commit_many([stale]) == [None]
+    result = jobs.apply(uuid, "update", {"x": 1}, token=token, key="msg-1")
+    assert result.applied and result.from_state == "RUNNING"
+    # and a change whose key was applied meanwhile falls back to a duplicate, not a 2nd entry
+    again = jobs.plan(uuid, "update", {"x": 1}, token, "msg-1", "RUNNING")
+    assert jobs.commit_many([again]) == [None]
+    assert jobs.apply(uuid, "update", {"x": 1}, token=token, key="msg-1").duplicate
+    assert [h.get("key") for h in jobs.get(uuid)["history"]] == [None, None, "msg-1"]
+
+
+def test_an_empty_batch_touches_nothing(store):
+    assert store.commit_events([]) == []
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda u: (u, "CREATED", "RUNNING", {"name": "run", "date": "yesterday"}),
+     "change 1: history entry 'date' must be a UTC timestamp"),
+    (lambda u: (u, "", "RUNNING", entry("run")), "change 1: from_state must be a non-empty"),
+    (lambda u: (u, "CREATED"), r"change 1 must be \(uuid, from_state, to_state, entry\)"),
+    (lambda u: (u, "CREATED", "RUNNING", entry("run", data={"x": float("nan")})),
+     "change 1: history entry"),
+    (lambda u: (u, "CREATED", "RUNNING", {"name": "run", "date": T1, "key": 5}),
+     "change 1: history entry 'key' must be a string"),
+])
+def test_a_bad_change_refuses_the_batch_before_anything_is_written(jobs, bad, message):
+    a, _ = twins(jobs, 2)
+    before = jobs.store.list_jobs(limit=100, include_hidden=True)
+    with pytest.raises(ValueError, match=message):
+        jobs.store.commit_events([(a[0], "CREATED", "RUNNING", entry("run")), bad(a[1])])
+    assert jobs.store.list_jobs(limit=100, include_hidden=True) == before
+
+
+def test_two_changes_for_one_job_in_one_batch_are_refused(jobs):
+    (uuid,), _ = twins(jobs, 1)
+    before = jobs.get(uuid)
+    with pytest.raises(ValueError, match="already has change 0 in this batch"):
+        jobs.store.commit_events([(uuid, "CREATED", "RUNNING", entry("run")),
+                                  (uuid, "RUNNING", "RUNNING", entry("update"))])
+    assert jobs.get(uuid) == before
+    with pytest.raises(ValueError, match="changes must be a sequence"):
+        jobs.store.commit_events(42)
+
+
+def test_mongo_batch_takes_and_releases_job_locks_and_waits_out_a_busy_one(mongo_store_uri):
+    store = open_store(mongo_store_uri, job_locks="on")
+    try:
+        made = [store.create_job(records.new_job_record(
+            uuid=typed_uuid("pipelinejob", f"locks {n}"), pipeline_uuid=typed_uuid(
+                "pipeline", "p"), data={"n": n}, date=T1))[0]["uuid"] for n in range(4)]
+        client = pymongo.MongoClient(mongo_store_uri, serverSelectionTimeoutMS=3000)
+        locks = client.get_default_database()["job_locks"]
+        # A lock left behind by a writer that crashed: the batch must not wait on it while
+        # holding the others, and the one-by-one path breaks it once it is past its lease.
+        stale = datetime.now(timezone.utc) - timedelta(seconds=60)
+        locks.insert_many([{"_id": made[1], "owner": "crashed", "at": stale},
+                           {"_id": made[2], "owner": "crashed", "at": stale}])
+        results = store.commit_events([(u, "CREATED", "RUNNING", entry("run", key=f"k{i}"))
+                                       for i, u in enumerate(made)])
+        assert [r["state"] for r in results] == ["RUNNING"] * 4
+        assert [store.get_job(u)["revision"] for u in made] == [2, 2, 2, 2]
+        assert locks.count_documents({}) == 0
+        client.close()
+    finally:
+        store.close()
+
+
+def test_mongo_batch_leaves_a_job_held_by_a_live_writer_uncommitted(mongo_store_uri,
+                                                                     monkeypatch):
+    from reactor.store import mongo
+
+    monkeypatch.setattr(mongo, "LOCK_WAIT_S", 0.3)
+    store = open_store(mongo_store_uri, job_locks="on")
+    client = pymongo.MongoClient(mongo_store_uri, serverSelectionTimeoutMS=3000)
+    try:
+        made = [store.create_job(records.new_job_record(
+            uuid=typed_uuid("pipelinejob", f"live {n}"), pipeline_uuid=typed_uuid(
+                "pipeline", "p"), data={"n": n}, date=T1))[0]["uuid"] for n in range(3)]
+        locks = client.get_default_database()["job_locks"]
+        locks.insert_one({"_id": made[1], "owner": "alive", "at": datetime.now(timezone.utc)})
+        results = store.commit_events([(u, "CREATED", "RUNNING", entry("run", key=f"k{i}"))
+                                       for i, u in enumerate(made)])
+        assert [r and r["state"] for r in results] == ["RUNNING", None, "RUNNING"]
+        assert store.get_job(made[1])["revision"] == 1  # untouched while another holds it
+        assert [lock["owner"] for lock in locks.find()] == ["alive"]  # a live lock stays
+        locks.delete_one({"_id": made[1]})
+        assert store.commit_events([(made[1], "CREATED", "RUNNING", entry("run", key="k1"))]
+                                   )[0]["revision"] == 2
+    finally:
+        client.close()
+        store.close()
+
+
+def test_mongo_lock_modes_commit_alike(mongo_store_uri):
+    """Locks off is the MongoDB path (compare-and-set filters); on FerretDB it runs too, one
+    writer at a time, so both paths can be compared on the same server."""
+    outs = []
+    for mode in ("on", "off"):
+        store = open_store(mongo_store_uri, job_locks=mode)
+        try:
+            uuids = [store.create_job(records.new_job_record(
+                uuid=typed_uuid("pipelinejob", f"{mode} {n}"), pipeline_uuid=typed_uuid(
+                    "pipeline", "p"), data={"n": n}, date=T1))[0]["uuid"] for n in range(3)]
+            store.commit_event(uuids[2], "CREATED", "CREATED", entry("update", key="seen"))
+            batch = store.commit_events([
+                (uuids[0], "CREATED", "RUNNING", entry("run", key="k0")),
+                (uuids[1], "RUNNING", "FINISHED", entry("finish", key="k1")),
+                (uuids[2], "CREATED", "CREATED", entry("update", key="seen"))])
+            single = store.commit_event(uuids[1], "CREATED", "RUNNING", entry("run", key="k1"))
+            assert batch[0] == store.get_job(uuids[0]) and single == store.get_job(uuids[1])
+            outs.append([same_shape(r, u) for r, u in zip(batch + [single], uuids + uuids[1:2])])
+        finally:
+            store.close()
+    assert outs[0] == outs[1]
+    assert [r is not None for r in outs[0]] == [True, False, False, True]
+
+
+def test_mongo_job_documents_are_keyed_by_uuid(mongo_store_uri):
+    store = open_store(mongo_store_uri)
+    client = pymongo.MongoClient(mongo_store_uri, serverSelectionTimeoutMS=3000)
+    try:
+        record = records.new_job_record(uuid=typed_uuid("pipelinejob", "keyed"),
+                                        pipeline_uuid=typed_uuid("pipeline", "p"), data={},
+                                        date=T1)
+        store.create_job(record)
+        raw = client.get_default_database()["jobs"].find_one({"uuid": record["uuid"]})
+        assert raw["_id"] == record["uuid"]
+        assert store.get_job(record["uuid"]) == record  # _id never shows
+    finally:
+        client.close()
+        store.close()
+
+
+# --- pipeline: GroupCommit against Pipeline.process -------------------------------------------
+
+class Side:
+    """Messages for one side of the twin jobs (same content, its own uuids and tokens)."""
+
+    def __init__(self, jobs, uuids: list[str], name: str):
+        self.jobs, self.uuids, self.name = jobs, uuids, name
+
+    def event(self, n: int, event: str, data: dict | None = None, token: str | None = None,
+              msg_id: str | None = None) -> Item:
+        uuid = self.uuids[n] if n >= 0 else GHOST
+        body = {"uuid": uuid, "name": event,
+                "token": token or self.jobs.authority.job_token(uuid)}
+        if data is not None:
+            body["data"] = data
+        return Item(json.dumps(body).encode(), f"{self.name}-{msg_id}" if msg_id else None)
+
+    def delete(self, n: int) -> Item:
+        body = {"uuid": self.uuids[n], "action": "delete", "force": True,
+                "token": self.jobs.authority.admin_token()}
+        return Item(json.dumps(body).encode(), f"{self.name}-del-{n}")
+
+
+def shape(outcome, uuid_map: dict[str, str]) -> tuple:
+    detail = outcome.detail
+    for uuid, name in uuid_map.items():
+        detail = detail.replace(uuid, name)
+    detail = detail.replace("id:a-", "id:").replace("id:b-", "id:")
+    return (outcome.label, outcome.event, outcome.state, detail)
+
+
+def script(side: Side) -> list[list[Item]]:
+    """Batches mixing every kind of message; each job's events in an order that matters."""
+    return [
+        [side.event(0, "run", {"step": 1}, msg_id="1"), side.event(1, "run", msg_id="2"),
+         side.event(0, "update", {"step": 2}, msg_id="3"), side.event(2, "finish", msg_id="4"),
+         side.event(1, "update", msg_id="5"), side.event(0, "update", {"step": 2}, msg_id="3"),
+         side.event(3, "run", token="not-the-token", msg_id="6"), side.event(-1, "run"),
+         Item(b'{"uuid": "oops"'), side.event(0, "finish", msg_id="7"),
+         side.event(2, "run", msg_id="8"), side.event(4, "update", {"note": "x"}, msg_id="9")],
+        [side.event(0, "update", {"step": 2}, msg_id="3"),        # redelivered: duplicate
+         side.event(0, "index", msg_id="10"), side.event(1, "fail", msg_id="11"),
+         side.delete(4), side.event(4, "update", msg_id="12"),    # after its delete: unknown
+         side.event(0, "indexed", msg_id="13"), side.event(1, "update", msg_id="14"),
+         side.event(3, "RESET", token=side.jobs.authority.admin_token(), msg_id="15"),
+         side.event(3, "ready", token=side.jobs.authority.admin_token(), msg_id="16")],
+    ]
+
+
+def test_batches_give_the_same_outcomes_and_records_as_one_by_one(jobs):
+    a, b = twins(jobs, 5)
+    pipeline = Pipeline(jobs)
+    names = {u: f"<job {n}>" for side in (a, b) for n, u in enumerate(side)}
+    one = [pipeline.process(i.body, i.message_id, i.params)
+           for batch in script(Side(jobs, a, "a")) for i in batch]
+    group = GroupCommit(pipeline)
+    grouped = [o for batch in script(Side(jobs, b, "b")) for o in group.process(batch)]
+    assert None not in grouped
+    assert [shape(o, names) for o in grouped] == [shape(o, names) for o in one]
+    assert [o.label for o in grouped[:12]] == [
+        "applied", "applied", "applied", "rejected:invalid_transition", "applied", "duplicate",
+        "rejected:auth_failed", "rejected:unknown_job", "rejected:decode_error", "applied",
+        "applied", "applied"]
+    assert [o.label for o in grouped[12:]] == [
+        "duplicate", "applied", "applied", "applied", "rejected:unknown_job", "applied",
+        "rejected:invalid_transition", "applied", "applied"]
+    for x, y in zip(a, b):
+        assert same_shape(jobs.store.get_job(y), y) == same_shape(jobs.store.get_job(x), x)
+    assert jobs.get(b[0])["state"] == "FINISHED"
+    assert [h["name"] for h in jobs.get(b[0])["history"]] == \
+        ["create", "run", "update", "finish", "index", "indexed"]
+    assert jobs.store.get_job(b[4], include_hidden=True) is None
+
+
+def test_a_stale_remembered_state_falls_back_and_decides_correctly(jobs):
+    (x, y), _ = twins(jobs, 2)
+    pipeline = Pipeline(jobs)
+    group = GroupCommit(pipeline)
+    side = Side(jobs, [x, y], "s")
+    assert [o.label for o in group.process([side.event(0, "run", msg_id="1"),
+                                            side.event(1, "update", msg_id="2")])] == \
+        ["applied", "applied"]
+    assert (group.cache.get(x), group.cache.get(y)) == ("RUNNING", "CREATED")
+    # Another writer moves both jobs behind the batch processor's back.
+    for item in (side.event(0, "finish", msg_id="3"), side.event(1, "run", msg_id="4")):
+        assert pipeline.process(item.body, item.message_id).label == "applied"
+    outcomes = group.process([side.event(0, "index", msg_id="5"),     # invalid from RUNNING
+                              side.event(1, "update", msg_id="6")])  # CAS from CREATED misses
+    assert [(o.label, o.state) for o in outcomes] == [("applied", "INDEXING"),
+                                                      ("applied", "RUNNING")]
+    assert "moved RUNNING → RUNNING" in outcomes[1].detail
+    assert [h["name"] for h in jobs.get(y)["history"]] == ["create", "update", "run", "update"]
+    assert (group.cache.get(x), group.cache.get(y)) == ("INDEXING", "RUNNING")
+
+
+def test_many_events_of_one_job_in_one_batch_apply_in_delivery_order(jobs):
+    (uuid,), _ = twins(jobs, 1)
+    side = Side(jobs, [uuid], "o")
+    names = ["run"] + ["update"] * 5 + ["finish", "index", "indexed", "validate", "validated",
+                                        "finalize"]
+    items = [side.event(0, name, {"i": i}, msg_id=str(i)) for i, name in enumerate(names)]
+    outcomes = GroupCommit(Pipeline(jobs)).process(items)
+    assert {o.label for o in outcomes} == {"applied"}
+    record = jobs.get(uuid)
+    assert record["state"] == "FINALIZED" and record["revision"] == 1 + len(names)
+    assert [h["data"] for h in record["history"][1:]] == [{"i": i} for i in range(len(names))]
+
+
+def test_a_store_that_stops_answering_leaves_the_rest_undecided(sqlite_uri, authority):
+    from reactor.identifiers import pipeline_uuid
+    from reactor.jobs import Jobs
+
+    store = SqliteJobStore(sqlite_uri, busy_timeout_s=0.05, lock_attempts=1)
+    jobs = Jobs(store, authority)
+    jobs.pipeline_uuid = pipeline_uuid("p")
+    store.add_pipeline({"uuid": jobs.pipeline_uuid, "name": "p"})
+    uuids, _ = twins(jobs, 3)
+    side = Side(jobs, uuids, "d")
+    group = GroupCommit(Pipeline(jobs))
+    items = [side.event(0, "run", msg_id="1"), side.event(1, "run", token="wrong", msg_id="2"),
+             side.event(2, "run", msg_id="3"), side.event(0, "update", msg_id="4")]
+    # Another process holds the write lock for longer than this store waits.
+    other = sqlite3.connect(sqlite_uri[len("sqlite:///"):], isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        outcomes = group.process(items)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    # The bad token is decided before any write; the rest waits for the store.
+    assert [o and o.label for o in outcomes] == [None, "rejected:auth_failed", None, None]
+    assert [jobs.get(u)["revision"] for u in uuids] == [1, 1, 1]
+    # The caller processes the undecided ones one by one, in order: each applied exactly once.
+    final = [o or group.pipeline.process(i.body, i.message_id) for i, o in zip(items, outcomes)]
+    assert [o.label for o in final] == ["applied", "rejected:auth_failed", "applied", "applied"]
+    assert [jobs.get(u)["state"] for u in uuids] == ["RUNNING", "CREATED", "RUNNING"]
+    assert GroupCommit(Pipeline(jobs)).process_all(items)[0].label == "duplicate"
+    store.close()
+
+
+def test_state_cache_is_bounded_and_forgets_the_least_recently_used():
+    cache = StateCache(2)
+    cache.put("a", "RUNNING")
+    cache.put("b", "CREATED")
+    assert cache.get("a") == "RUNNING"  # a is now the most recently used
+    cache.put("c", "FAILED")
+    assert (cache.get("a"), cache.get("b"), cache.get("c"), len(cache)) == \
+        ("RUNNING", None, "FAILED", 2)
+    cache.drop("a")
+    assert cache.get("a") is None
+    with pytest.raises(ValueError, match="cache size must be a non-negative integer"):
+        StateCache(-1)
+
+
+def test_store_unavailable_is_not_swallowed_by_the_store_layer(sqlite_uri):
+    store = SqliteJobStore(sqlite_uri, busy_timeout_s=0.05, lock_attempts=1)
+    other = sqlite3.connect(sqlite_uri[len("sqlite:///"):], isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreUnavailable, match="stayed locked"):
+            store.commit_events([(GHOST, "CREATED", "RUNNING", entry("run"))])
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        store.close()
+
+
+# --- the consumer with group commit (a real ``reactor consume`` subprocess) -------------------
+
+@pytest.fixture
+def batch_setup(amqp_url, mongo_store_uri, tmp_path):
+    from queue_helpers import QueueSetup
+
+    s = QueueSetup(amqp_url, mongo_store_uri, tmp_path,
+                   overrides={"batch_size": 20, "batch_wait_ms": 200, "transition_retries": 0})
+    yield s
+    s.close()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.mongo
+def test_consumer_group_commit_settles_each_message_after_the_commit(batch_setup):
+    from queue_helpers import (drain, event, make_jobs, queue_depth, stop, total_depth,
+                               wait_until)
+    from reactor.consumer import ATTEMPTS, REASON
+    from reactor.publisher import OutgoingMessage, publish
+
+    setup = batch_setup
+    jobs = make_jobs(setup.app, 4, "batch")
+    (a, ta), (b, tb), (c, tc), (d, td) = jobs
+    sent = [("run-a", a, event(a, "run", ta)), ("run-b", b, event(b, "run", tb)),
+            ("run-c", c, event(c, "run", tc)), ("upd-a", a, event(a, "update", ta, {"n": 1})),
+            ("run-a", a, event(a, "run", ta)),                  # same id again: a duplicate
+            ("bad-token", d, event(d, "run", "not-the-token")),
+            ("too-early", b, event(b, "validate", tb)),         # invalid from RUNNING
+            ("garbage", c, b"{not json"),
+            ("fin-c", c, event(c, "finish", tc)), ("upd-b", b, event(b, "update", tb))]
+    report = publish(setup.amqp_url, setup.topology,
+                     [OutgoingMessage(f"msg {i}", body, key, mid)
+                      for i, (mid, key, body) in enumerate(sent)])
+    assert report.ok
+    proc = setup.start_consumer()
+    dead = setup.names["dead_letter_queue"]
+    wait_until(lambda: queue_depth(setup.amqp_url, dead) == 3, 120, "three dead letters")
+    wait_until(lambda: sum(len(setup.app.store.get_job(u)["history"]) for u, _ in jobs) == 10,
+               120, "six events applied")
+    assert stop(proc) == 0, setup.logs()
+    # Nothing was left unsettled: unacked messages would be back in the queues now.
+    assert total_depth(setup.amqp_url, [setup.names["queue"], setup.names["retry_queue"]]) == 0
+    letters = {g.properties.message_id: g.headers for g in drain(setup.amqp_url, dead)}
+    assert {k: h[REASON] for k, h in letters.items()} == {
+        "bad-token": "auth_failed", "too-early": "invalid_transition",
+        "garbage": "decode_error"}
+    assert all(h[ATTEMPTS] == 1 for h in letters.values())
+    store = setup.app.store
+    assert [store.get_job(u)["state"] for u, _ in jobs] == \
+        ["RUNNING", "RUNNING", "FINISHED", "CREATED"]
+    history = {u: store.get_job(u)["history"] for u, _ in jobs}
+    assert [h["name"] for h in history[a]] == ["create", "run", "update"]
+    assert [h["name"] for h in history[b]] == ["create", "run", "update"]
+    assert [h["name"] for h in history[c]] == ["create", "run", "finish"]
+    # The first events of a, b and c went to the store in one write (one date per write).
+    assert history[a][1]["date"] == history[b][1]["date"] == history[c][1]["date"]
+    logs = setup.logs()
+    assert logs.count("reactor.consumer duplicate:") == 1
+    assert logs.count("reactor.consumer applied:") == 6
+
+
+def test_a_bad_batch_size_is_a_start_up_error_naming_the_key():
+    from reactor.consumer import Consumer, Limits
+    from reactor.errors import ConfigError
+    from reactor.transport import Topology
+
+    with pytest.raises(ConfigError, match="bad value for 'batch_size': 0"):
+        Consumer(None, lambda: None, "amqp://guest:guest@127.0.0.1:1/%2F", Topology(), 10,
+                 Limits(), batch_size=0)
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.slow
+def test_consumer_group_commit_rides_out_a_store_outage_without_loss(amqp_url, tmp_path):
+    """The outage starts while the consumer is idle and the next messages arrive during it, so
+    the test does not depend on how fast the consumer is."""
+    import json as _json
+    import time
+
+    from queue_helpers import (PrivateFerretDB, QueueSetup, Workload, ferretdb_binary, make_jobs,
+                               missing, queue_depth, stop, total_depth, wait_until)
+
+    binary = ferretdb_binary()
+    if binary is None:
+        missing("a FerretDB binary for a private server", "none runs (set FERRETDB_BIN, or run "
+                "scripts/services.sh start once to build one)")
+    ferret = PrivateFerretDB(binary, tmp_path / "ferretdb")
+    ferret.start()
+    setup = QueueSetup(amqp_url, ferret.uri, tmp_path,
+                       overrides={"server_selection_timeout_ms": 500, "batch_size": 50})
+    try:
+        work = Workload.build(make_jobs(setup.app, 10, "outage"), 20)
+        half = len(work.messages) // 2  # steps 0-9 of every job, then steps 10-19
+        first = Workload(work.jobs, work.per_job, work.messages[:half])
+        second = Workload(work.jobs, work.per_job, work.messages[half:])
+        health = tmp_path / "health.json"
+        first.publish(setup)
+        proc = setup.start_consumer("--health-file", str(health), "--health-interval", "0.2")
+        wait_until(lambda: first.applied(setup.app) == half, 120, "the first half applied")
+        ferret.stop()
+
+        def status():
+            try:
+                return _json.loads(health.read_text())["status"]
+            except (OSError, ValueError):
+                return None
+        second.publish(setup)
+        wait_until(lambda: status() == "paused", 60, "the consumer to pause")
+        time.sleep(2)  # the outage goes on for a while; nothing may be acked meanwhile
+        assert proc.poll() is None, "the consumer must ride out a store outage"
+        assert total_depth(setup.amqp_url, [setup.names["dead_letter_queue"],
+                                            setup.names["retry_queue"]]) == 0
+        ferret.start()
+        wait_until(lambda: status() == "consuming", 60, "the consumer to resume")
+        wait_until(lambda: queue_depth(setup.amqp_url, setup.names["queue"]) == 0, 120,
+                   "the queue to drain")
+        wait_until(lambda: work.applied(setup.app) == work.sent, 120, "every event applied")
+        assert stop(proc) == 0
+        logs = setup.logs()
+        assert "paused consuming" in logs and "resuming" in logs
+        work.check(setup.app, f"sent={work.sent}")
+        assert total_depth(setup.amqp_url, setup.queue_names()) == 0
+    finally:
+        setup.close()
+        ferret.stop()

@@ -176,3 +176,16 @@ def test_with_overrides_checks_keys_and_values():
     assert "'prefech'" in str(info.value)
     with pytest.raises(ConfigError):
         s.with_overrides(prefetch="lots")
+
+
+def test_config_yml_shows_every_key_and_loads_as_the_defaults():
+    """The shipped config.yml documents every key (commented out) and changes nothing."""
+    from pathlib import Path
+
+    from reactor import config
+
+    text = (Path(__file__).resolve().parents[1] / "config.yml").read_text()
+    missing = [k.name for k in config.KEYS if f"# {k.name}:" not in text]
+    assert not missing, f"config.yml does not show these keys: {missing}"
+    loaded = config.load({}, path=Path(__file__).resolve().parents[1] / "config.yml")
+    assert dict(loaded.values) == {k.name: k.default for k in config.KEYS}

@@ -148,3 +148,27 @@ def test_status_to_event_map(status, event):
                              {"uuid": JOB, "token": "t"})
     assert (message.kind, message.event) == ("callback", event)
     assert message.data["status"] == status.upper()
+
+
+def test_inlined_fast_validators_agree_with_the_referencing_ones():
+    """The hot-path validators (refs inlined) accept exactly what the originals accept."""
+    from hypothesis import given, settings, strategies as st
+
+    from reactor import schemas
+
+    good = {"uuid": "107b93f3-1eae-5e79-8a18-0a480f8aa3a5", "name": "run", "token": "t" * 32}
+    values = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=40),
+                       st.just("RUN"), st.just("run"), st.just(good["uuid"]),
+                       st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+    docs = st.dictionaries(st.sampled_from(["uuid", "name", "token", "data", "action", "force",
+                                            "status", "id", "extra"]), values, max_size=6)
+
+    @settings(max_examples=300, deadline=None)
+    @given(doc=st.one_of(docs, st.just(good)), kind=st.sampled_from(sorted(schemas.SCHEMA_FILES)))
+    def agree(doc, kind):
+        fast = schemas.fast_validators()[kind].is_valid(doc)
+        slow = schemas.validator(kind).is_valid(doc)
+        assert fast == slow, (kind, doc)
+
+    agree()
+    assert schemas.errors("event", good) == []

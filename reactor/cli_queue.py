@@ -1,6 +1,7 @@
 """Queue commands: ``reactor consume`` (the long-running consumer) and ``reactor publish``."""
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -44,22 +45,33 @@ def _broker_url(app) -> str:
               "partitioned layout: N single-active-consumer queues behind a consistent-hash "
               "exchange keyed on the job uuid (0 = one main queue). Every consumer and "
               "publisher of one exchange must use the same N.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (default: off).")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True, metavar="HOST",
+              help="Address of the metrics endpoint.")
 @click.option("--member", default="0/1", show_default=True, metavar="INDEX/COUNT",
               help="With --partitions: consume the partitions p with p % COUNT == INDEX.")
 def consume(health_file: str | None, health_interval: float, grace: float,
-            partitions: int | None, member: str) -> None:
+            partitions: int | None, member: str, metrics_port: int | None,
+            metrics_host: str) -> None:
     """Consume events from RabbitMQ until SIGTERM/SIGINT; ack each only after its commit."""
     from .consumer import Consumer, HealthFile, Limits
-    from .invoke import log_to_stderr
+    from .logs import setup_logging
+    from .metrics import Metrics
     from .pipeline import Pipeline
     from .transport import Topology
 
     index, members = _member(member)
     app = app_from_context()
+    metrics = Metrics()
     try:
         url = _broker_url(app)
         settings = app.settings
-        log_to_stderr(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
+        if metrics_port is not None:
+            bound = metrics.serve_http(metrics_port, metrics_host)
+            logging.getLogger("reactor.metrics").info(
+                "serving metrics at http://%s:%d/metrics", metrics_host, bound)
         topology = Topology.from_settings(settings, partitions)
         queues = topology.member_queues(index, members)
         consumer = Consumer(Pipeline.from_app(app), app.store.ping, url, topology,
@@ -67,11 +79,12 @@ def consume(health_file: str | None, health_interval: float, grace: float,
                             grace_s=grace, health=HealthFile(health_file) if health_file else None,
                             health_interval_s=health_interval,
                             batch_size=settings.batch_size,
-                            batch_wait_s=settings.batch_wait_ms / 1000)
+                            batch_wait_s=settings.batch_wait_ms / 1000, metrics=metrics)
         code = consumer.run()
     except _EXPECTED as exc:
         handle_error(exc)
     finally:
+        metrics.close()
         app.close()
     if consumer.transport.error:
         click.echo(f"reactor: error: {consumer.transport.error}", err=True)

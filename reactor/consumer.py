@@ -45,6 +45,7 @@ from tenacity import (Retrying, retry_if_exception_type, retry_if_result, stop_a
                       stop_when_event_set, wait_exponential, wait_random)
 
 from .errors import ConfigError
+from .logs import FIELDS_ATTR, outcome_fields
 from .outcomes import REJECTED, RETRY, Outcome
 from .records import now_iso
 from .tokens import mask, mask_text
@@ -207,11 +208,14 @@ class Consumer:
                  topology: Topology, prefetch: int, limits: Limits, *,
                  queues: list[str] | None = None, grace_s: float = 30.0,
                  health: HealthFile | None = None, health_interval_s: float = 5.0,
-                 batch_size: int = 1, batch_wait_s: float = 0.0):
+                 batch_size: int = 1, batch_wait_s: float = 0.0,
+                 metrics: Any | None = None):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ConfigError(f"bad value for 'batch_size': {batch_size!r} (1 = one commit per "
                               "message, N > 1 = group commit of up to N)")
         self.pipeline = pipeline
+        self.metrics = metrics  # a reactor.metrics.Metrics, or None
+        self._taken_at = time.perf_counter()  # when the worker took the current delivery
         # The broker never has more than ``prefetch`` of our deliveries out: no batch can be
         # larger, so a larger setting just means "as many as the prefetch window allows".
         self.batch_size = min(batch_size, prefetch)
@@ -242,6 +246,8 @@ class Consumer:
         if self.health is not None:
             self.health.write("starting", self.counts)  # an unwritable path fails here, loudly
             self.transport.every(self.health_interval_s, self._write_health)
+        if self.metrics is not None:
+            self.transport.every(1.0, self._update_gauges)
         if install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
@@ -275,8 +281,16 @@ class Consumer:
         status = "paused" if self._outage else self.transport.status
         self.health.write(status, self.counts)
 
+    def _update_gauges(self) -> None:
+        # The transport's status is the truth about the broker; read-only, so any thread.
+        self.metrics.set_broker_connected(self.transport.status in ("declaring", "consuming",
+                                                                     "paused"))
+        self.metrics.set_store_connected(not self._outage)
+
     # --- worker ----------------------------------------------------------------------------
     def _inbox_put(self, delivery: Delivery) -> None:
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
         self._inbox.put(delivery)
 
     def _work(self) -> None:
@@ -288,9 +302,12 @@ class Consumer:
             batch = [item]
             if self._group is not None:
                 stopping = self._fill(batch)
+            self._taken_at = time.perf_counter()
+            taken = len(batch)
             # Not started before the stop, or from a dead channel: leave it to the broker.
             batch = [d for d in batch if not self._stop.is_set() and self.transport.is_current(d)]
             if not batch:
+                self._done(taken)
                 continue
             try:
                 if self._group is None:
@@ -302,7 +319,24 @@ class Consumer:
                           mask_text("".join(traceback.format_exception(exc))))
                 self.exit_code = 1
                 self.request_stop()
+            self._done(taken)
         self.transport.close()
+
+    def _done(self, count: int) -> None:
+        """``count`` deliveries are out of the worker's hands (settled, or left to the broker)."""
+        if self.metrics is not None:
+            self.metrics.in_flight.dec(count)
+
+    def _observe(self, delivery: Delivery, outcome: Outcome, attempt: int,
+                 action: str) -> dict:
+        """Count the outcome in the metrics; the structured log fields of the message."""
+        latency = time.perf_counter() - self._taken_at
+        if self.metrics is not None:
+            self.metrics.observe(outcome, latency)
+            self._update_gauges()  # a scrape right after this message sees them current
+        return {FIELDS_ATTR: outcome_fields(outcome, message_id=delivery.message_id,
+                                            attempt=attempt, latency_s=latency,
+                                            action=action)}
 
     def _fill(self, batch: list[Delivery]) -> bool:
         """Add waiting deliveries to ``batch`` up to ``batch_size``, waiting at most
@@ -415,8 +449,9 @@ class Consumer:
 
     def _count_ack(self, delivery: Delivery, outcome: Outcome) -> None:
         self.counts[outcome.label] += 1
+        extra = self._observe(delivery, outcome, attempt_number(delivery), ACK)
         log.info("%s: %s (message id %s)", outcome.label, mask_text(outcome.detail),
-                 delivery.message_id)
+                 delivery.message_id, extra=extra)
 
     def _settle(self, delivery: Delivery, action: Action, attempt: int,
                 outcome: Outcome) -> None:
@@ -426,15 +461,20 @@ class Consumer:
             return
         self.counts[f"{action.kind}:{action.reason}"] += 1
         props = forwarded_properties(delivery, action, attempt, outcome.label)
+        extra = self._observe(delivery, outcome, attempt, action.kind)
         if action.kind == RETRY_LATER:
+            if self.metrics is not None:
+                self.metrics.retried(action.reason)
             target = self.topology.retry_queue_for(delivery.queue)
             log.info("%s on attempt %d: retrying after %d ms (message id %s): %s",
                      outcome.label, attempt, self.topology.retry_delay_ms,
-                     delivery.message_id, scrub(outcome.detail, delivery))
+                     delivery.message_id, scrub(outcome.detail, delivery), extra=extra)
         else:
+            if self.metrics is not None:
+                self.metrics.dead_lettered(action.reason)
             target = self.topology.dead_letter_queue
             log.warning("dead-lettering (%s) after %d attempt(s) (message id %s): %s",
                         action.reason, attempt, delivery.message_id,
-                        scrub(action.detail, delivery))
+                        scrub(action.detail, delivery), extra=extra)
         self.transport.forward(delivery, target, delivery.body, props)
 

@@ -2,7 +2,7 @@
 
 A dead letter is the original body plus the ``x-reactor-*`` headers the consumer wrote
 (``reactor.consumer``): reason, detail, attempts, first seen, original routing key and message
-id. Here they become ``DeadLetter`` values; the broker work is ``reactor.transport_admin``.
+id. Here they become ``DeadLetter`` values; the broker work is ``reactor.transport``.
 
 Re-driving publishes a chosen message to the configured exchange with its original routing key
 (the job uuid) and message id, with a publisher confirm, and only then removes it from the
@@ -23,8 +23,7 @@ from .outcomes import DEAD_LETTER_ONLY_REASONS, REJECT_REASONS
 from .publisher import routing_key
 from .records import now_iso
 from .tokens import mask, mask_text
-from .transport import Topology
-from .transport_admin import QueuedMessage, Redrive, RedriveResult, browse, redrive
+from .transport import QueuedMessage, Redrive, RedriveResult, Topology, browse, redrive
 
 REASONS = REJECT_REASONS + DEAD_LETTER_ONLY_REASONS
 DEFAULT_LIMIT = 1000

@@ -84,12 +84,12 @@ class BrokerLink:
 
     def __init__(self, url: str, topology: Topology, metrics: Metrics | None = None,
                  factory: Callable[[], Any] | None = None):
-        from .transport_admin import KeptAlivePublisher
+        from .transport import ConfirmingPublisher
 
         self.url = redact_url(url)
         self.topology = topology
         self.metrics = metrics
-        self._factory = factory or (lambda: KeptAlivePublisher(url, topology, APP_ID))
+        self._factory = factory or (lambda: ConfirmingPublisher(url, topology, APP_ID))
         self._publisher: Any = None
         self._lock = threading.Lock()
 

@@ -73,7 +73,9 @@ class QueueSetup:
         """The environment of a ``reactor`` subprocess for this setup."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("REACTOR_")}
         values = {"store_uri": self.store_uri, "broker_url": self.amqp_url, "secret": SECRET,
-                  "retry_delay_ms": 300, "log_level": "INFO", "server_selection_timeout_ms": 1500,
+                  "retry_delay_ms": 300, "log_level": "INFO",
+                  # count_lines() reads the console format; JSON logs have their own tests
+                  "log_format": "console", "server_selection_timeout_ms": 1500,
                   **self.names, **self.overrides, **extra}
         for key, value in values.items():
             env["REACTOR_" + key.upper()] = str(value)

@@ -237,3 +237,64 @@ def test_setup_logging_replaces_its_handler_instead_of_doubling_lines():
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.mongo
+def test_consume_metrics_and_json_logs_move_with_the_outcomes_of_a_small_workload(
+        amqp_url, mongo_store_uri, tmp_path):
+    from queue_helpers import QueueSetup, event, free_port, make_jobs, stop, wait_until
+    from reactor.publisher import OutgoingMessage, publish
+    from test_serve import json_log_lines
+
+    setup = QueueSetup(amqp_url, mongo_store_uri, tmp_path)
+    try:
+        ((job, token), (other, other_token)) = make_jobs(setup.app, 2, "consume-metrics")
+        bodies = [("run-1", event(job, "run", token)),
+                  ("upd-1", event(job, "update", token, {"n": 1})),
+                  ("run-2", event(other, "run", other_token)),
+                  ("upd-1", event(job, "update", token, {"n": 1})),      # the same message again
+                  ("bad-token", event(other, "finish", token)),           # job's token on other
+                  ("bad-shape", b'{"uuid": "' + job.encode() + b'", "colour": 1}')]
+        msgs = [OutgoingMessage(f"m{n}", body, job, mid) for n, (mid, body) in enumerate(bodies)]
+        assert publish(setup.amqp_url, setup.topology, msgs).ok
+
+        port = free_port()
+        health = tmp_path / "health.json"
+        proc = setup.start_consumer("--metrics-port", str(port), "--metrics-host", "127.0.0.1",
+                                    "--health-file", str(health), "--health-interval", "0.2",
+                                    env=setup.env(log_format="json"))
+        wait_until(lambda: health.exists()
+                   and sum(json.loads(health.read_text())["counts"].values()) == len(bodies),
+                   120, "the consumer to settle the workload")
+        scraped = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+        assert stop(proc) == 0, setup.logs()
+
+        assert value(scraped, "reactor_messages_total", outcome="applied", reason="") == 3
+        assert value(scraped, "reactor_messages_total", outcome="duplicate", reason="") == 1
+        assert value(scraped, "reactor_messages_total", outcome="rejected",
+                     reason="auth_failed") == 1
+        assert value(scraped, "reactor_messages_total", outcome="rejected",
+                     reason="schema_invalid") == 1
+        assert value(scraped, "reactor_dead_letters_total", reason="auth_failed") == 1
+        assert value(scraped, "reactor_dead_letters_total", reason="schema_invalid") == 1
+        assert value(scraped, "reactor_processing_seconds_count") == len(bodies)
+        assert value(scraped, "reactor_in_flight") == 0
+        assert value(scraped, "reactor_broker_connected") == 1
+        assert value(scraped, "reactor_store_connected") == 1
+
+        lines = json_log_lines(setup.logs())
+        per_message = [line for line in lines if "outcome" in line]
+        assert sorted(line["message_id"] for line in per_message) == sorted(
+            mid for mid, _ in bodies)
+        for line in per_message:
+            assert line["logger"] == "reactor.consumer" and line["attempt"] == 1
+            assert isinstance(line["latency_ms"], float) and line["latency_ms"] >= 0
+        assert {line["outcome"] for line in per_message} == {
+            "applied", "duplicate", "rejected:auth_failed", "rejected:schema_invalid"}
+        assert {line["job_uuid"] for line in per_message if line["outcome"] == "applied"} == \
+            {job, other}
+        text = setup.logs()
+        assert token not in text and other_token not in text
+    finally:
+        setup.close()

@@ -71,6 +71,15 @@ def app_from_context(**overrides):
         handle_error(exc)
 
 
+def broker_url(app) -> str:
+    """The configured broker URL, or a usage error saying how to set it."""
+    url = app.settings.broker_url
+    if not url:
+        raise click.UsageError("no broker configured: set REACTOR_BROKER_URL (or broker_url in "
+                               "config.yml) to an amqp:// URL")
+    return url
+
+
 def handle_error(exc: BaseException) -> NoReturn:
     """Turn an expected exception into one error line and exit 2; re-raise with --debug."""
     ctx = click.get_current_context(silent=True)

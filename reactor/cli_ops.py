@@ -6,20 +6,12 @@ import sys
 
 import click
 
-from .cli import app_from_context, handle_error
+from .cli import app_from_context, broker_url, handle_error
 from .errors import ReactorError
 from .outcomes import DEAD_LETTER_ONLY_REASONS, REJECT_REASONS
 
 # Expected failures become one error line; anything else is a bug and keeps its traceback.
 _EXPECTED = (ReactorError, ValueError, OSError)
-
-
-def _broker_url(app) -> str:
-    url = app.settings.broker_url
-    if not url:
-        raise click.UsageError("no broker configured: set REACTOR_BROKER_URL (or broker_url in "
-                               "config.yml) to an amqp:// URL")
-    return url
 
 
 def _setup_logging(app) -> None:
@@ -49,7 +41,7 @@ def serve(host: str, port: int, grace: int) -> None:
 
     app = app_from_context()
     try:
-        _broker_url(app)
+        broker_url(app)
         _setup_logging(app)
         app.authority  # noqa: B018 - a missing or weak secret is a start-up error, not a 500
         run(app, host, port, grace)
@@ -95,7 +87,7 @@ def deadletters_list(reason: str | None, limit: int, as_json: bool) -> None:
 
     app = app_from_context()
     try:
-        url = _broker_url(app)
+        url = broker_url(app)
         topology = _topology(app)
         letters, depth = list_dead_letters(url, topology, limit, reason)
     except _EXPECTED as exc:
@@ -125,7 +117,7 @@ def deadletters_show(message_id: str, limit: int, as_json: bool) -> None:
 
     app = app_from_context()
     try:
-        letters = show(_broker_url(app), _topology(app), message_id, limit)
+        letters = show(broker_url(app), _topology(app), message_id, limit)
     except _EXPECTED as exc:
         handle_error(exc)
     if as_json:
@@ -165,7 +157,7 @@ def deadletters_requeue(message_ids: tuple[str, ...], reason: str | None, limit:
     app = app_from_context()
     try:
         topology = _topology(app)
-        report = requeue(_broker_url(app), topology, message_ids, reason, limit)
+        report = requeue(broker_url(app), topology, message_ids, reason, limit)
     except _EXPECTED as exc:
         handle_error(exc)
     for d in report.redriven:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .cli import app_from_context, handle_error
+from .cli import app_from_context, broker_url, handle_error
 from .errors import ReactorError
 
 # Expected failures become one error line; anything else is a bug and keeps its traceback.
@@ -21,14 +21,6 @@ def _member(value: str) -> tuple[int, int]:
     if members < 1 or not 0 <= index < members:
         raise click.BadParameter(f"INDEX must be in 0..COUNT-1 and COUNT >= 1, got {value!r}")
     return index, members
-
-
-def _broker_url(app) -> str:
-    url = app.settings.broker_url
-    if not url:
-        raise click.UsageError("no broker configured: set REACTOR_BROKER_URL (or broker_url in "
-                               "config.yml) to an amqp:// URL")
-    return url
 
 
 @click.command()
@@ -65,7 +57,7 @@ def consume(health_file: str | None, health_interval: float, grace: float,
     app = app_from_context()
     metrics = Metrics()
     try:
-        url = _broker_url(app)
+        url = broker_url(app)
         settings = app.settings
         setup_logging(settings.log_level, settings.log_format)
         if metrics_port is not None:
@@ -111,7 +103,7 @@ def publish(sources: tuple[str, ...], raw: bool, unique_ids: bool,
 
     app = app_from_context()
     try:
-        url = _broker_url(app)
+        url = broker_url(app)
         topology = Topology.from_settings(app.settings, partitions)
         messages = []
         for source in sources:

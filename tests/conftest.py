@@ -55,6 +55,29 @@ def _start_services() -> dict[str, str]:
     return _service_env or {}
 
 
+# A way to reach each state from CREATED (admin token needed for reset).
+STATE_PATHS = {
+    "CREATED": [], "RUNNING": ["run"], "FAILED": ["fail"], "FINISHED": ["run", "finish"],
+    "INDEXING": ["run", "finish", "index"], "VALIDATING": ["run", "finish", "validate"],
+    "VALIDATED": ["run", "finish", "validate", "validated"],
+    "REJECTED": ["run", "finish", "validate", "reject"],
+    "FINALIZED": ["run", "finish", "validate", "validated", "finalize"],
+    "RETIRED": ["fail", "retire"], "RESET": ["reset"],
+}
+
+
+@pytest.fixture
+def isolated_cwd(tmp_path, monkeypatch):
+    """No REACTOR_* variables and no repository config.yml reach the code under test."""
+    for var in list(os.environ):
+        if var.startswith("REACTOR_"):
+            monkeypatch.delenv(var)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
 @pytest.fixture(scope="session")
 def mongo_uri() -> str:
     """URI of a MongoDB-wire server: MONGODB_URI, else the FerretDB that services.sh starts."""

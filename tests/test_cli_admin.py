@@ -18,14 +18,8 @@ SECRET = "cli-test-secret-" + "z" * 24
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Only the variables a test sets reach the command; no repository config.yml."""
-    for var in list(os.environ):
-        if var.startswith("REACTOR_"):
-            monkeypatch.delenv(var)
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
+def _isolated(isolated_cwd):
+    """Every test runs isolated (see conftest.isolated_cwd)."""
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import STATE_PATHS
 from transitions.core import MachineError
 
 from reactor import ManagedPipelineJob, ManagedPipelineJobError, ManagedPipelineJobInstance
@@ -44,25 +45,12 @@ ALLOWED = {
                                       "VALIDATING", "VALIDATED")},
     "ready": {"RESET": "CREATED"},
 }
-PATHS = {
-    "CREATED": [], "RUNNING": ["run"], "FAILED": ["fail"], "FINISHED": ["run", "finish"],
-    "INDEXING": ["run", "finish", "index"], "VALIDATING": ["run", "finish", "validate"],
-    "VALIDATED": ["run", "finish", "validate", "validated"],
-    "REJECTED": ["run", "finish", "validate", "reject"],
-    "FINALIZED": ["run", "finish", "validate", "validated", "finalize"],
-    "RETIRED": ["fail", "retire"], "RESET": ["reset"],
-}
+PATHS = STATE_PATHS
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """No REACTOR_* variables and no repository config.yml leak into the library's config."""
-    for var in list(os.environ):
-        if var.startswith("REACTOR_"):
-            monkeypatch.delenv(var)
-    work = tmp_path / "cwd"
-    work.mkdir()
-    monkeypatch.chdir(work)
+def _isolated(isolated_cwd):
+    """Every test runs isolated (see conftest.isolated_cwd)."""
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import STATE_PATHS
 from transitions.core import MachineError
 
 from reactor import lifecycle
@@ -41,14 +42,7 @@ def _parse(text: str) -> tuple[list[str], list[str], dict[tuple[str, str], str |
 STATES, EVENTS, EXPECTED = _parse(MATRIX)
 ADMIN = {"reset", "ready"}
 # A way to reach each state from CREATED.
-PATHS = {
-    "CREATED": [], "RUNNING": ["run"], "FAILED": ["fail"], "FINISHED": ["run", "finish"],
-    "INDEXING": ["run", "finish", "index"], "VALIDATING": ["run", "finish", "validate"],
-    "VALIDATED": ["run", "finish", "validate", "validated"],
-    "REJECTED": ["run", "finish", "validate", "reject"],
-    "FINALIZED": ["run", "finish", "validate", "validated", "finalize"],
-    "RETIRED": ["fail", "retire"], "RESET": ["reset"],
-}
+PATHS = STATE_PATHS
 
 
 # --- the table as data (pure) -----------------------------------------------------------------

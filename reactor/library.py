@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import os
 import re
 from typing import Any, Iterable
 from urllib.parse import urlencode
 
 from . import archive, identifiers, lifecycle, records
+from .jsonvalues import check_json
 from . import config as _config
 from .errors import ArchiveError, AuthError, ManagedPipelineJobError
 from .tokens import mask
@@ -40,9 +40,6 @@ _STORE_SCHEMES = ("mongodb://", "mongodb+srv://", "sqlite:///")
 _DB_NAME = re.compile(r'^[^/\\. "$*<>:|?]{1,63}$')
 _BASE64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 _TYPED_PREFIXES = frozenset(identifiers.PREFIXES.values())
-# BSON refuses deeper documents (100 levels); one limit for both stores keeps them identical.
-_MAX_DEPTH = 64
-_INT64 = (-(2 ** 63), 2 ** 63 - 1)
 # create is setup()'s job; reset has library semantics (archive clearing) written by hand.
 _HAND_WRITTEN = frozenset({"create", "reset"})
 
@@ -103,46 +100,7 @@ def _decode_authn(value: Any) -> str:
         raise ValueError("mongodb['authn'] does not decode to a UTF-8 connection string") from None
 
 
-def check_json(value: Any, where: str = "data") -> Any:
-    """Return ``value`` if JSON (and both stores) can hold it exactly; else say what is wrong."""
-    _walk(value, where, 0)
-    return value
-
-
-def _walk(value: Any, where: str, depth: int) -> None:
-    if depth > _MAX_DEPTH:
-        raise ValueError(f"{where} is nested more than {_MAX_DEPTH} levels deep")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{where} has the key {key!r} ({type(key).__name__}); JSON "
-                                f"object keys must be strings, e.g. {str(key)!r}")
-            _walk(item, f"{where}[{key!r}]", depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _walk(item, f"{where}[{i}]", depth + 1)
-    elif isinstance(value, bool) or value is None or isinstance(value, str):
-        return
-    elif isinstance(value, int):
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise ValueError(f"{where} = {value} does not fit in 64 bits; store it as a string")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{where} is {value!r}; JSON has no NaN or infinity")
-    else:
-        raise TypeError(f"{where} is a {type(value).__name__}, which JSON cannot represent; use "
-                        "a dict, list, string, number, boolean or None (e.g. a list instead of "
-                        "a set)")
-
-
 def _check_event_data(data: Any) -> dict | None:
-    if isinstance(data, (set, frozenset)):
-        # The replaced library's own docs wrote data={'Job is now running!'}: braces without
-        # "key: value" make a set. Show the dict that was meant.
-        items = sorted(data, key=repr)
-        example = {"msg": items[0]} if len(items) == 1 else {"msg": items}
-        raise TypeError(f"data must be a JSON object (a dict), not a set: braces without "
-                        f"'key: value' pairs make a set; write data={example!r}")
     return check_json(records.check_data(data))
 
 

@@ -51,6 +51,7 @@ class Pipeline:
         self.jobs = jobs
         self.max_bytes = max_bytes
         schemas.validators()  # compile every schema now: a broken schema is a start-up error
+        schemas.fast_validators()  # and the hot-path copies, so no message pays for them
 
     @classmethod
     def from_app(cls, app: "App") -> "Pipeline":

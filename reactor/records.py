@@ -24,11 +24,13 @@ def check_data(data: Any, what: str = "data") -> dict | None:
     """Return ``data`` if it is a JSON object (or None); else raise TypeError showing the fix."""
     if data is None or isinstance(data, dict):
         return data
-    if isinstance(data, (set, frozenset)) and len(data) == 1:
-        # The replaced system's own documentation passes {'a message'}: a set, not a dict.
-        (item,) = data
-        raise TypeError(f"{what} must be a JSON object (a dict), not a set; write "
-                        f"{what}={{'msg': {item!r}}}")
+    if isinstance(data, (set, frozenset)):
+        # The replaced system's own documentation passes {'a message'}: braces without
+        # "key: value" pairs make a set. Show the dict that was meant.
+        items = sorted(data, key=repr)
+        example = {"msg": items[0]} if len(items) == 1 else {"msg": items}
+        raise TypeError(f"{what} must be a JSON object (a dict), not a set: braces without "
+                        f"'key: value' pairs make a set; write {what}={example!r}")
     raise TypeError(
         f"{what} must be a JSON object (a dict) or None, not {type(data).__name__}; "
         f"wrap the value in a dict, e.g. {what}={{'msg': {data!r}}}")

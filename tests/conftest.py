@@ -18,7 +18,8 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 TEST_SECRET = "test-secret-" + "x" * 24  # test-only secret, never a deployment value
 
 
-def _missing(what: str, why: str):
+def missing(what: str, why: str):
+    """Skip (locally) or fail (under CI=true) because a needed service or tool is unavailable."""
     message = f"{what} is not available: {why}"
     if IN_CI:
         pytest.fail(message + " (CI=true: services must be running)", pytrace=False)
@@ -83,13 +84,13 @@ def mongo_uri() -> str:
     """URI of a MongoDB-wire server: MONGODB_URI, else the FerretDB that services.sh starts."""
     uri = os.environ.get("MONGODB_URI") or _start_services().get("MONGODB_URI")
     if not uri:
-        _missing("MongoDB-wire server", _service_error or "MONGODB_URI unset and no FerretDB")
+        missing("MongoDB-wire server", _service_error or "MONGODB_URI unset and no FerretDB")
     import pymongo
 
     try:
         pymongo.MongoClient(uri, serverSelectionTimeoutMS=3000).admin.command("ping")
     except Exception as exc:  # noqa: BLE001 - any failure means the service is unusable
-        _missing("MongoDB-wire server", f"{uri} does not answer ping: {exc}")
+        missing("MongoDB-wire server", f"{uri} does not answer ping: {exc}")
     return uri
 
 
@@ -98,13 +99,13 @@ def amqp_url() -> str:
     """URL of a RabbitMQ broker: AMQP_URL, else the one services.sh starts."""
     url = os.environ.get("AMQP_URL") or _start_services().get("AMQP_URL")
     if not url:
-        _missing("RabbitMQ", _service_error or "AMQP_URL unset and no broker started")
+        missing("RabbitMQ", _service_error or "AMQP_URL unset and no broker started")
     import pika
 
     try:
         pika.BlockingConnection(pika.URLParameters(url)).close()
     except Exception as exc:  # noqa: BLE001
-        _missing("RabbitMQ", f"{url} refuses connections: {exc}")
+        missing("RabbitMQ", f"{url} refuses connections: {exc}")
     return url
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pika
-import pytest
+
+from conftest import ROOT, SERVICES, missing
 
 from reactor import lifecycle
 from reactor.app import App
@@ -23,18 +24,7 @@ from reactor.identifiers import pipeline_uuid
 from reactor.publisher import OutgoingMessage, publish
 from reactor.transport import Topology
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVICES = ROOT / "scripts" / "services.sh"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 SECRET = "queue-test-secret-" + "y" * 20  # test-only secret, never a deployment value
-
-
-def missing(what: str, why: str):
-    """Skip (locally) or fail (under CI=true) because a needed service is unavailable."""
-    message = f"{what} is not available: {why}"
-    if IN_CI:
-        pytest.fail(message + " (CI=true: services must be available)", pytrace=False)
-    pytest.skip(message)
 
 
 def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.2):
@@ -383,3 +373,14 @@ class PrivateBroker:
 
     def stop(self) -> None:
         self._run("stop")
+
+
+def start_private_ferretdb(directory: Path) -> PrivateFerretDB:
+    """A FerretDB of the test's own (so stopping it affects no other test), started."""
+    binary = ferretdb_binary()
+    if binary is None:
+        missing("a FerretDB binary for a private server", "none runs (set FERRETDB_BIN, or run "
+                "scripts/services.sh start once to build one)")
+    ferret = PrivateFerretDB(binary, directory)
+    ferret.start()
+    return ferret

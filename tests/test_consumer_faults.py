@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from queue_helpers import (PrivateBroker, PrivateFerretDB, QueueSetup, Workload, count_lines,
-                           ferretdb_binary, make_jobs, missing, queue_depth, stop, total_depth,
-                           wait_until)
+from conftest import missing
+from queue_helpers import (PrivateBroker, QueueSetup, Workload, count_lines, make_jobs,
+                           queue_depth, start_private_ferretdb, stop, total_depth, wait_until)
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.mongo]
 
@@ -117,12 +117,7 @@ def test_broker_restart_mid_run_reconnects_and_loses_nothing(private_broker, mon
 
 @pytest.mark.slow
 def test_store_outage_pauses_consuming_and_resumes_without_loss(amqp_url, tmp_path):
-    binary = ferretdb_binary()
-    if binary is None:
-        missing("a FerretDB binary for a private server", "none runs (set FERRETDB_BIN, or run "
-                "scripts/services.sh start once to build one)")
-    ferret = PrivateFerretDB(binary, tmp_path / "ferretdb")
-    ferret.start()
+    ferret = start_private_ferretdb(tmp_path / "ferretdb")
     setup = QueueSetup(amqp_url, ferret.uri, tmp_path,
                        overrides={"server_selection_timeout_ms": 500})
     try:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from queue_helpers import QueueSetup, make_jobs, missing, stop, wait_until
+from conftest import missing
+from queue_helpers import QueueSetup, make_jobs, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"

@@ -470,15 +470,10 @@ def test_consumer_group_commit_rides_out_a_store_outage_without_loss(amqp_url, t
     import json as _json
     import time
 
-    from queue_helpers import (PrivateFerretDB, QueueSetup, Workload, ferretdb_binary, make_jobs,
-                               missing, queue_depth, stop, total_depth, wait_until)
+    from queue_helpers import (QueueSetup, Workload, make_jobs, queue_depth,
+                               start_private_ferretdb, stop, total_depth, wait_until)
 
-    binary = ferretdb_binary()
-    if binary is None:
-        missing("a FerretDB binary for a private server", "none runs (set FERRETDB_BIN, or run "
-                "scripts/services.sh start once to build one)")
-    ferret = PrivateFerretDB(binary, tmp_path / "ferretdb")
-    ferret.start()
+    ferret = start_private_ferretdb(tmp_path / "ferretdb")
     setup = QueueSetup(amqp_url, ferret.uri, tmp_path,
                        overrides={"server_selection_timeout_ms": 500, "batch_size": 50})
     try:

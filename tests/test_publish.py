@@ -10,6 +10,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from conftest import missing
 from queue_helpers import QueueSetup, drain
 from reactor.errors import ValidationError
 from reactor.identifiers import typed_uuid
@@ -127,14 +128,14 @@ def test_a_bad_file_publishes_nothing(setup, tmp_path):
 @pytest.mark.rabbitmq
 def test_unconfirmed_messages_are_reported_and_exit_1(setup, tmp_path):
     if shutil.which("rabbitmqctl") is None:
-        pytest.skip("rabbitmqctl is needed to set a queue policy")
+        missing("rabbitmqctl", "it is needed to set a queue policy")
     queue = setup.names["queue"]
     # A policy (not queue arguments, which the publisher declares) caps the queue at two
     # messages and makes the broker refuse (nack) the third.
     policy = ["rabbitmqctl", "-q", "set_policy", f"cap-{setup.tag}", f"^{queue}$",
               '{"max-length": 2, "overflow": "reject-publish"}', "--apply-to", "queues"]
     if subprocess.run(policy, capture_output=True, timeout=60).returncode != 0:
-        pytest.skip("rabbitmqctl cannot reach the broker to set a policy")
+        missing("rabbitmqctl", "it cannot reach the broker to set a policy")
     try:
         events = tmp_path / "three.json"
         events.write_text(json.dumps([_event(0), _event(1), _event(2)]))

@@ -10,7 +10,6 @@ inputs (they would sit best in ``base.py``).
 from __future__ import annotations
 
 import json
-import math
 import re
 import sqlite3
 import threading
@@ -19,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
+from .. import jsonvalues
 from ..errors import StoreError, StoreUnavailable
 from ..records import LINKAGE_FIELDS
 from .base import JobStore
@@ -33,34 +33,11 @@ RESERVED_COLLECTIONS = ("jobs", "pipelines")
 # MongoDB refuses documents nested deeper than 100 levels and integers beyond 64 bits; the
 # embedded store refuses them too, so both backends accept exactly the same records.
 MAX_DEPTH = 100
-INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 
-def check_json(value: Any, what: str, depth: int = 0) -> None:
+def check_json(value: Any, what: str) -> None:
     """Raise ValueError unless ``value`` is JSON-compatible (string keys, finite numbers, int64)."""
-    if depth > MAX_DEPTH:
-        raise ValueError(f"{what} is nested more than {MAX_DEPTH} levels deep")
-    if value is None or isinstance(value, (str, bool)):
-        return
-    if isinstance(value, int):
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise ValueError(f"{what} holds an integer outside the 64-bit range: {value}")
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{what} holds {value}, which JSON cannot represent")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"{what} has a non-string key {key!r}; JSON keys are strings")
-            check_json(item, f"{what}[{key!r}]", depth + 1)
-        return
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            check_json(item, f"{what}[{index}]", depth + 1)
-        return
-    raise ValueError(f"{what} holds a {type(value).__name__}, which is not a JSON value")
+    jsonvalues.check_json(value, what, MAX_DEPTH)
 
 
 def check_timestamp(value: Any, what: str) -> str:

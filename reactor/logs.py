@@ -29,15 +29,17 @@ _SECRET_FIELDS = frozenset({"token", "authorization", "password", "secret"})
 
 def _clean(value: Any) -> Any:
     """A field value safe to log: strings masked, containers walked, the rest as they are."""
+    # Plain types first: this runs for every field of every per-message line, and the
+    # ``Mapping`` check goes through the ABC machinery.
     if isinstance(value, str):
         return mask_text(value)
-    if isinstance(value, Mapping):
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, (dict, Mapping)):
         return {str(k): (mask(v) if str(k).lower() in _SECRET_FIELDS else _clean(v))
                 for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
     return mask_text(str(value))
 
 

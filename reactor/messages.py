@@ -162,17 +162,22 @@ def decode(body: bytes) -> Any:
     except ValueError as exc:  # raised by the hooks below, and for huge integer literals
         raise MessageRejected("decode_error", f"message is not acceptable JSON: "
                               f"{schemas.clip(str(exc), 160)}") from None
-    _check_tree(doc)
+    # The strict decoder refuses raw control characters in strings and the bytes were valid
+    # UTF-8, so a NUL or an unpaired surrogate can only come from a \u escape: without one,
+    # no text needs looking at.
+    _check_tree(doc, texts="\\u" in text)
     return doc
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     # Two values for one key (say two tokens) make a message ambiguous: refuse, don't pick one.
-    out: dict = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {schemas.clip(repr(k), 60)} in an object")
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise ValueError(f"duplicate key {schemas.clip(repr(k), 60)} in an object")
+            seen.add(k)
     return out
 
 
@@ -187,41 +192,74 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _check_tree(doc: Any) -> None:
-    """Refuse what no store can keep identically: deep nesting, NUL in keys, bad unicode,
-    integers beyond 64 bits. Iterative, so hostile input cannot exhaust the stack."""
-    stack: list[tuple[Any, str, int]] = [(doc, "$", 1)]
-    while stack:
-        node, path, depth = stack.pop()
-        if isinstance(node, dict):
-            if depth > MAX_DEPTH:
-                raise MessageRejected("decode_error", f"{path}: nested deeper than {MAX_DEPTH} "
-                                      "levels")
-            for k, v in node.items():
-                _check_text(k, path, "key")
-                if "\x00" in k:
-                    raise MessageRejected("schema_invalid", f"{path}: object key contains a NUL "
-                                          "character (rule: key)")
-                stack.append((v, f"{path}.{_path_part(k)}", depth + 1))
-        elif isinstance(node, list):
-            if depth > MAX_DEPTH:
-                raise MessageRejected("decode_error", f"{path}: nested deeper than {MAX_DEPTH} "
-                                      "levels")
-            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
-        elif isinstance(node, str):
-            _check_text(node, path, "string")
-        elif isinstance(node, int) and not isinstance(node, bool):
-            if not INT64[0] <= node <= INT64[1]:
-                raise MessageRejected("schema_invalid", f"{path}: integer does not fit in 64 "
-                                      "bits (rule: int64)")
+class _Unstorable(Exception):
+    """Raised inside ``_walk``; ``parts`` collects the path on the way out."""
+
+    def __init__(self, reason: str, problem: str):
+        super().__init__(problem)
+        self.reason = reason
+        self.problem = problem
+        self.parts: list[str | int] = []
 
 
-def _check_text(text: str, path: str, what: str) -> None:
+def _check_tree(doc: Any, texts: bool = True) -> None:
+    """Refuse what no store can keep identically: deep nesting, NUL in keys, bad unicode
+    (looked at only when ``texts``), integers beyond 64 bits.
+
+    The recursion is bounded by ``MAX_DEPTH``, so hostile input cannot exhaust the stack; the
+    path of a problem is built only when there is one."""
+    try:
+        _walk(doc, 1, texts)
+    except _Unstorable as bad:
+        path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{_path_part(p)}"
+                             for p in reversed(bad.parts))
+        raise MessageRejected(bad.reason, f"{path}: {bad.problem}") from None
+
+
+def _walk(node: Any, depth: int, texts: bool) -> None:
+    kind = type(node)
+    if kind is dict:
+        if depth > MAX_DEPTH:
+            raise _Unstorable("decode_error", f"nested deeper than {MAX_DEPTH} levels")
+        items = node.items()
+    elif kind is list:
+        if depth > MAX_DEPTH:
+            raise _Unstorable("decode_error", f"nested deeper than {MAX_DEPTH} levels")
+        items = enumerate(node)
+    elif kind is str:
+        if texts:
+            _check_text(node, "string")
+        return
+    elif kind is int:
+        if not INT64[0] <= node <= INT64[1]:
+            raise _Unstorable("schema_invalid", "integer does not fit in 64 bits (rule: int64)")
+        return
+    else:
+        return
+    for k, v in items:
+        if texts and kind is dict:  # a bad key is reported at its object's path
+            _check_text(k, "key")
+            if "\x00" in k:
+                raise _Unstorable("schema_invalid", "object key contains a NUL character "
+                                  "(rule: key)")
+        if type(v) in _CHECKED:
+            try:
+                _walk(v, depth + 1, texts)
+            except _Unstorable as bad:
+                bad.parts.append(k)
+                raise
+
+
+# Node types ``_walk`` has anything to check in (floats were checked by the decoder).
+_CHECKED = (dict, list, str, int)
+
+
+def _check_text(text: str, what: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise MessageRejected("decode_error", f"{path}: {what} contains an unpaired UTF-16 "
-                              "surrogate escape") from None
+        raise _Unstorable("decode_error", f"{what} contains an unpaired UTF-16 surrogate "
+                          "escape") from None
 
 
 def _path_part(key: str) -> str:

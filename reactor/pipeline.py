@@ -50,8 +50,9 @@ class Pipeline:
             raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
         self.jobs = jobs
         self.max_bytes = max_bytes
-        schemas.validators()  # compile every schema now: a broken schema is a start-up error
-        schemas.fast_validators()  # and the hot-path copies, so no message pays for them
+        # Compile every schema now, so a broken schema is a start-up error and no message pays
+        # for compiling; the ``jsonschema`` copies (error descriptions) compile when first needed.
+        schemas.fast_validators()
 
     @classmethod
     def from_app(cls, app: "App") -> "Pipeline":

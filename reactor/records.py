@@ -1,7 +1,6 @@
 """Pure functions that build job records and history entries (no I/O)."""
 from __future__ import annotations
 
-import copy
 from datetime import datetime, timezone
 from typing import Any
 
@@ -36,10 +35,22 @@ def check_data(data: Any, what: str = "data") -> dict | None:
         f"wrap the value in a dict, e.g. {what}={{'msg': {data!r}}}")
 
 
+def copy_json(value: Any) -> Any:
+    """A deep copy of a JSON-like value (dicts, lists, scalars); other objects are shared.
+
+    Several times cheaper than ``copy.deepcopy``, which is built for arbitrary object graphs;
+    anything that is not JSON is refused later by the store's check, copied or not."""
+    if isinstance(value, dict):
+        return {k: copy_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [copy_json(v) for v in value]
+    return value
+
+
 def history_entry(event: str, data: dict | None, date: str, key: str | None = None) -> dict:
     """One history entry ``{uuid, name, date, data[, key]}``; ``key`` is the duplicate key."""
     entry = {"uuid": history_uuid(), "name": event, "date": date,
-             "data": copy.deepcopy(data) if data is not None else None}
+             "data": copy_json(data) if data is not None else None}
     if key is not None:
         entry["key"] = key
     return entry
@@ -53,7 +64,7 @@ def new_job_record(*, uuid: str, pipeline_uuid: str, data: dict, date: str,
     return {
         "uuid": uuid, "pipeline_uuid": pipeline_uuid,
         "archive_path": archive_path, "archive_system": archive_system,
-        "data": copy.deepcopy(data), "session": session, "agent": agent, "task": task,
+        "data": copy_json(data), "session": session, "agent": agent, "task": task,
         "child_of": list(child_of or []), "generated_by": [pipeline_uuid],
         "acted_on": list(acted_on or []), "acted_using": list(acted_using or []),
         "state": lifecycle.INITIAL_STATE, "last_event": "create",

@@ -90,3 +90,12 @@ def test_check_typed_names_the_problem(value, kind, words):
 def test_prefixes_are_distinct():
     assert len(set(identifiers.PREFIXES.values())) == len(identifiers.PREFIXES)
     assert identifiers.JOB_PREFIX == "107" and identifiers.EVENT_PREFIX == "108"
+
+
+@pytest.mark.parametrize("text", ["", "a", "sd2e.org", "ü" * 40, "x" * 1000, "\x00\U0001f600"])
+def test_typed_uuid_is_the_standard_uuid5_with_the_prefix(text):
+    import uuid
+
+    for kind, prefix in identifiers.PREFIXES.items():
+        expected = prefix + str(uuid.uuid5(identifiers.NAMESPACE, text))[3:]
+        assert identifiers.typed_uuid(kind, text) == expected

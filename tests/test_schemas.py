@@ -17,10 +17,12 @@ JOB = "107be0e0-539b-5e47-b0b0-d39bb6b90f96"
 @pytest.fixture
 def fresh_caches():
     """Forget compiled schemas so a test really loads them (and leave them fresh after)."""
-    for cached in (schemas.load_documents, schemas.registry, schemas.validators):
+    caches = (schemas.load_documents, schemas.registry, schemas.validators,
+              schemas.fast_validators)
+    for cached in caches:
         cached.cache_clear()
     yield
-    for cached in (schemas.load_documents, schemas.registry, schemas.validators):
+    for cached in caches:
         cached.cache_clear()
 
 
@@ -172,3 +174,49 @@ def test_inlined_fast_validators_agree_with_the_referencing_ones():
 
     agree()
     assert schemas.errors("event", good) == []
+
+
+# --- the hot path's compiled yes/no check agrees with jsonschema ------------------------------
+
+def _example_instances():
+    """Each example message of message_examples/, placeholders filled, as every kind's schema
+    would see it (most are invalid for all but one kind: both answers are compared)."""
+    import re
+
+    root = schemas.schema_dir().parent / "message_examples"
+    out = []
+    for path in sorted(root.rglob("*.json")):
+        text = re.sub(r"\{\{[^}]*uuid\}\}", JOB, path.read_text())
+        doc = json.loads(re.sub(r"\{\{[^}]*\}\}", "t" * 32, text))
+        for n, step in enumerate(doc.get("steps", [])):
+            if "message" not in step:
+                continue
+            body, params = step["message"], step.get("params", {})
+            label = f"{path.parent.name}/{path.stem}#{n}"
+            for kind in ("event", "delete"):
+                out.append((f"{label}:{kind}", kind, body))
+            out.append((f"{label}:callback", "callback", {"parameters": params, "body": body}))
+            out.append((f"{label}:parameters", "parameters", params))
+    return out
+
+
+@pytest.mark.parametrize("label,kind,instance", _example_instances(),
+                         ids=[x[0] for x in _example_instances()])
+def test_fast_check_agrees_with_jsonschema_on_every_example(label, kind, instance):
+    fast = schemas.fast_validators()[kind].is_valid(instance)
+    slow = schemas.validators()[kind].is_valid(instance)
+    assert fast == slow, f"{label}: jsonschema-rs says {fast}, jsonschema says {slow}"
+
+
+@pytest.mark.parametrize("ref,problem", [("missing.json#/$defs/x", "names no local schema file"),
+                                         ("definitions.json#/$defs/nothing", "points at nothing"),
+                                         ("#/$defs/loop", "part of a cycle")])
+def test_the_fast_path_resolves_local_references_only_and_says_what_is_wrong(ref, problem,
+                                                                            no_network):
+    docs = dict(schemas.load_documents())
+    docs["probe.json"] = {"$id": schemas.BASE_ID + "probe.json",
+                          "$defs": {"loop": {"$ref": "#/$defs/loop"}},
+                          "properties": {"x": {"$ref": ref}}}
+    with pytest.raises(ConfigError, match=problem):
+        schemas._inline(docs["probe.json"], "probe.json", docs)
+    assert no_network == []

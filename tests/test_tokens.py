@@ -140,3 +140,19 @@ def test_mask_text_hides_tokens_in_free_text():
         assert t not in masked
         assert t[:4] in masked
     assert JOB in tokens.mask_text(f"uuid={JOB}&token={t}")
+
+
+def test_authority_gives_the_module_functions_tokens_across_window_changes():
+    secret = "s" * 32
+    authority = Authority(secret, window=60)
+    uuid = "107be0e0-539b-5e47-b0b0-d39bb6b90f96"
+    assert authority.job_token(uuid) == job_token(secret, uuid)
+    for now in (1000.0, 1001.0, 1060.0, 1130.0, 5000.0, 1000.0):  # windows change, and back
+        current = admin_token(secret, now, window=60)
+        previous = admin_token(secret, now - 60, window=60)
+        older = admin_token(secret, now - 120, window=60)
+        assert authority.admin_token(now) == current
+        assert authority.is_admin(current, now) and authority.is_admin(previous, now)
+        assert not authority.is_admin(older, now)
+        assert authority.allows(uuid, current, admin_only=True, now=now)
+        assert not authority.allows(uuid, older, now=now)

@@ -6,7 +6,9 @@
 - MongoDB-wire server: a tight pymongo loop of one compare-and-set (``find_one_and_update``
   with the reactor's filter and update shape and write concern) per event;
 - embedded store: the same compare-and-set as a tight sqlite3 loop over the same table
-  layout and durability settings (WAL, synchronous=FULL, one BEGIN IMMEDIATE per event).
+  layout (schema version 2: job columns beside the record without its history, one history row
+  per entry) and durability settings (WAL, synchronous=FULL, one BEGIN IMMEDIATE per event):
+  duplicate-key check, conditional UPDATE of the job's columns, INSERT of the history row.
 """
 from __future__ import annotations
 
@@ -176,10 +178,14 @@ def mongo_ceiling(uri: str, database: str, work: Workload, payloads: list[bytes]
 
 SQLITE_SCHEMA = (
     """CREATE TABLE jobs (uuid TEXT PRIMARY KEY, state TEXT NOT NULL, revision INTEGER NOT NULL,
-       visible INTEGER NOT NULL, pipeline_uuid TEXT, created TEXT NOT NULL, body TEXT NOT NULL)""",
+       visible INTEGER NOT NULL, pipeline_uuid TEXT, created TEXT NOT NULL, last_event TEXT,
+       updated TEXT NOT NULL, body TEXT NOT NULL)""",
     "CREATE INDEX jobs_by_created ON jobs (created DESC, uuid)",
     "CREATE INDEX jobs_by_state ON jobs (state, created DESC)",
     "CREATE INDEX jobs_by_pipeline ON jobs (pipeline_uuid, created DESC)",
+    """CREATE TABLE history (seq INTEGER PRIMARY KEY, job_uuid TEXT NOT NULL, key TEXT,
+       body TEXT NOT NULL)""",
+    "CREATE UNIQUE INDEX history_by_key ON history (job_uuid, key)",
 )
 
 
@@ -187,8 +193,15 @@ def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def sqlite_ceiling(path: str, work: Workload, payloads: list[bytes]) -> float:
-    """ops/s of one BEGIN IMMEDIATE read-check-write-COMMIT per event (WAL, synchronous=FULL)."""
+    """ops/s of one compare-and-set per event on the store's layout (WAL, synchronous=FULL):
+    BEGIN IMMEDIATE, the duplicate-key check on the history's unique index, the conditional
+    UPDATE of the job's columns (RETURNING the record's body and columns, as the reactor reads
+    them back), the INSERT of the entry's history row, COMMIT."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -201,29 +214,32 @@ def sqlite_ceiling(path: str, work: Workload, payloads: list[bytes]) -> float:
         for j, u in enumerate(uuids):
             record = {"uuid": u, "pipeline_uuid": PIPELINE, "data": {"n": j}, "state": "CREATED",
                       "last_event": "create", "created": now, "updated": now, "revision": 1,
-                      "_visible": True, "history": [dict(_history_entry("create", {"n": j},
-                                                                        None), date=now)]}
-            conn.execute("INSERT INTO jobs VALUES (?, ?, ?, 1, ?, ?, ?)",
-                         (u, "CREATED", 1, PIPELINE, now, json.dumps(record)))
+                      "_visible": True}
+            conn.execute("INSERT INTO jobs VALUES (?, 'CREATED', 1, 1, ?, ?, 'create', ?, ?)",
+                         (u, PIPELINE, now, now, _json(record)))
+            create = dict(_history_entry("create", {"n": j}, None), date=now)
+            conn.execute("INSERT INTO history (job_uuid, key, body) VALUES (?, NULL, ?)",
+                         (u, _json(create)))
         conn.execute("COMMIT")
         t0 = time.perf_counter()
         for i, ev in enumerate(work.events):
             entry = dict(_history_entry(ev.name, _entry_data(payloads, i),
                                         "id:" + ev.message_id),
                          date=_iso(datetime.now(timezone.utc)))
+            uid = uuids[ev.job]
             conn.execute("BEGIN IMMEDIATE")
-            row = conn.execute("SELECT body FROM jobs WHERE uuid = ? AND visible = 1 AND "
-                               "state = ?", (uuids[ev.job], ev.from_state)).fetchone()
-            record = json.loads(row[0])
-            if any(h.get("key") == entry["key"] for h in record["history"]):
+            if conn.execute("SELECT 1 FROM history WHERE job_uuid = ? AND key = ?",
+                            (uid, entry["key"])).fetchone() is not None:
                 raise RuntimeError(f"raw compare-and-set {i} found its key")
-            record.update(state=ev.to_state, last_event=ev.name, updated=entry["date"],
-                          revision=record["revision"] + 1)
-            record["history"].append(entry)
-            conn.execute("UPDATE jobs SET state = ?, revision = ?, body = ? WHERE uuid = ?",
-                         (ev.to_state, record["revision"],
-                          json.dumps(record, ensure_ascii=False, separators=(",", ":")),
-                          uuids[ev.job]))
+            rows = conn.execute(
+                "UPDATE jobs SET state = ?, revision = revision + 1, last_event = ?, updated = ? "
+                "WHERE uuid = ? AND visible = 1 AND state = ? "
+                "RETURNING body, state, revision, visible, last_event, updated",
+                (ev.to_state, ev.name, entry["date"], uid, ev.from_state)).fetchall()
+            if not rows:
+                raise RuntimeError(f"raw compare-and-set {i} missed")
+            conn.execute("INSERT INTO history (job_uuid, key, body) VALUES (?, ?, ?)",
+                         (uid, entry["key"], _json(entry)))
             conn.execute("COMMIT")
         return len(work.events) / (time.perf_counter() - t0)
     finally:

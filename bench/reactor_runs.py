@@ -143,28 +143,13 @@ def applied_count(setup: Setup, jobs: int) -> int:
 
 
 def commit_dates(setup: Setup) -> dict[str, float]:
-    """Message id → commit time (epoch s) from each history entry the benchmark caused."""
+    """Message id → commit time (epoch s) from each history entry the benchmark caused (read
+    through the store's own API, so it holds whatever the store's layout)."""
     out = {}
-    uri = setup.store_uri
-    if uri.startswith("sqlite"):
-        conn = sqlite3.connect(uri[len("sqlite:///"):])
-        try:
-            entries = [h for (b,) in conn.execute("SELECT body FROM jobs")
-                       for h in json.loads(b)["history"]]
-        finally:
-            conn.close()
-        for h in entries:
+    for record in setup.app.store.list_jobs(limit=10_000_000):
+        for h in record["history"]:
             if (h.get("key") or "").startswith("id:bench-"):
                 out[h["key"][3:]] = _epoch(h["date"])
-        return out
-    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000, tz_aware=True)
-    try:
-        for doc in client.get_default_database()["jobs"].find({}, {"history": 1}):
-            for h in doc["history"]:
-                if (h.get("key") or "").startswith("id:bench-"):
-                    out[h["key"][3:]] = h["date"].timestamp()
-    finally:
-        client.close()
     return out
 
 

@@ -201,7 +201,7 @@ class GroupCommit:
         if state is not None:
             return state
         try:
-            record = self.jobs.store.get_job(uuid)
+            record = self.jobs.store.get_job(uuid, with_history=False)
         except (StoreUnavailable, TimeoutError) as exc:
             raise _StoreDown() from exc
         if record is None:
@@ -215,7 +215,7 @@ class GroupCommit:
         if not changes:
             return []
         try:
-            return self.jobs.commit_many(changes)
+            return self.jobs.commit_many(changes, with_history=False)
         except (StoreUnavailable, TimeoutError) as exc:
             raise _StoreDown() from exc
         except (StoreError, ValueError) as exc:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import lifecycle, records
-from .errors import AuthError, StoreError, UnknownJob, UnknownPipeline
+from .errors import AuthError, MachineError, StoreError, UnknownJob, UnknownPipeline
 from .identifiers import check_typed, job_uuid
 from .store.base import JobStore
 from .tokens import Authority, mask
@@ -76,9 +76,9 @@ class Jobs:
                                         child_of=child_of, date=self.clock(), **fields)
         return self.store.create_job(record)
 
-    def get(self, uuid: str) -> dict:
-        """The visible job with ``uuid``; UnknownJob if there is none."""
-        record = self.store.get_job(uuid)
+    def get(self, uuid: str, with_history: bool = True) -> dict:
+        """The visible job with ``uuid`` (without its history if asked); UnknownJob if none."""
+        record = self.store.get_job(uuid, with_history=with_history)
         if record is None:
             raise UnknownJob(f"no job with uuid {uuid}")
         return record
@@ -92,25 +92,38 @@ class Jobs:
                             f"it needs {kind}")
 
     def apply(self, uuid: str, event: str, data: dict | None = None, token: object = None,
-              key: str | None = None, record: dict | None = None) -> EventResult:
+              key: str | None = None, record: dict | None = None,
+              with_history: bool = True) -> EventResult:
         """Authorise and apply one event with one compare-and-set; a repeated ``key`` is a no-op.
 
         Raises ``MachineError`` (record unchanged) when the event is not allowed from the
-        job's state, ``UnknownJob`` and ``AuthError`` as their names say.
+        job's state, ``UnknownJob`` and ``AuthError`` as their names say. ``record`` is the
+        job as the caller last read it, with or without its history; ``with_history=False``
+        returns the applied record without it (the store then never reads the history).
         """
         event = lifecycle.normalize_event(event)
         data = records.check_data(data)
-        record = record if record is not None else self.get(uuid)
+        record = record if record is not None else self.get(uuid, with_history)
         self.authorize(uuid, event, token)
         for _ in range(MAX_RACES):
             if key is not None and key in records.applied_keys(record):
                 return EventResult(record, False, record["state"], event)
             from_state = record["state"]
-            to_state = lifecycle.next_state(from_state, event)
+            try:
+                to_state = lifecycle.next_state(from_state, event)
+            except MachineError:
+                if key is None or "history" in record:
+                    raise
+                # A redelivered event may not fit the state it already moved the job to: only
+                # the history tells a duplicate from an invalid transition.
+                record = self.get(uuid)
+                continue
             entry = records.history_entry(event, data, self.clock(), key)
-            committed = self.store.commit_event(uuid, from_state, to_state, entry)
+            committed = self.store.commit_event(uuid, from_state, to_state, entry,
+                                                with_history=with_history)
             if committed is not None:
                 return EventResult(committed, True, from_state, event)
+            # Missed: another writer moved the job, or the key is there already (a duplicate).
             record = self.get(uuid)
         raise StoreError(f"job {uuid} kept changing under {MAX_RACES} attempts to apply {event!r}")
 
@@ -128,12 +141,14 @@ class Jobs:
         entry = records.history_entry(event, data, date or self.clock(), key)
         return Change(uuid, state, to_state, entry)
 
-    def commit_many(self, changes: list[Change]) -> list[EventResult | None]:
+    def commit_many(self, changes: list[Change],
+                    with_history: bool = True) -> list[EventResult | None]:
         """Commit planned changes for distinct jobs in one store write; None for each change
         whose compare-and-set missed (stale state, repeated key, job gone): ``apply`` those
         one by one, which re-reads the job and recognises a duplicate."""
         committed = self.store.commit_events(
-            [(c.uuid, c.from_state, c.to_state, c.entry) for c in changes])
+            [(c.uuid, c.from_state, c.to_state, c.entry) for c in changes],
+            with_history=with_history)
         return [EventResult(record, True, c.from_state, c.event) if record is not None else None
                 for c, record in zip(changes, committed)]
 

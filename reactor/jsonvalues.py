@@ -13,31 +13,62 @@ class NotJSON(TypeError, ValueError):
 
 def check_json(value: Any, where: str = "data", max_depth: int = 64) -> Any:
     """Return ``value`` if JSON and both stores hold it exactly; else raise naming the place."""
-    _walk(value, where, 0, max_depth)
+    try:
+        _walk(value, 0, max_depth)
+    except _Bad as bad:
+        path = where + "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]"
+                               for p in reversed(bad.parts))
+        raise bad.kind(bad.problem.format(where=path)) from None
     return value
 
 
-def _walk(value: Any, where: str, depth: int, max_depth: int) -> None:
+class _Bad(Exception):
+    """Raised inside ``_walk``; ``parts`` collects the path on the way out, so a valid value
+    (every value, nearly always) never pays for building path strings."""
+
+    def __init__(self, kind: type, problem: str):
+        super().__init__(problem)
+        self.kind = kind
+        self.problem = problem
+        self.parts: list = []
+
+
+def _walk(value: Any, depth: int, max_depth: int) -> None:
     if depth > max_depth:
-        raise ValueError(f"{where} is nested more than {max_depth} levels deep")
+        raise _Bad(ValueError, f"{{where}} is nested more than {max_depth} levels deep")
     if value is None or isinstance(value, (str, bool)):
         return
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
-            raise ValueError(f"{where} = {value} is outside the 64-bit integer range; store it "
-                             "as a string")
+            raise _Bad(ValueError, f"{{where}} = {value} is outside the 64-bit integer range; "
+                       "store it as a string")
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"{where} is {value!r}; JSON has no NaN or infinity")
+            raise _Bad(ValueError, f"{{where}} is {value!r}; JSON has no NaN or infinity")
     elif isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise NotJSON(f"{where} has a non-string key {key!r} ({type(key).__name__}); "
-                              f"JSON object keys must be strings, e.g. {str(key)!r}")
-            _walk(item, f"{where}[{key!r}]", depth + 1, max_depth)
+                raise _Bad(NotJSON, f"{{where}} has a non-string key {_braces(repr(key))} "
+                           f"({type(key).__name__}); JSON object keys must be strings, e.g. "
+                           f"{_braces(repr(str(key)))}")
+            _descend(item, key, depth, max_depth)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _walk(item, f"{where}[{index}]", depth + 1, max_depth)
+            _descend(item, index, depth, max_depth)
     else:
-        raise NotJSON(f"{where} is a {type(value).__name__}, which JSON cannot represent; use a "
-                      "dict, list, string, number, boolean or None (e.g. a list instead of a set)")
+        raise _Bad(NotJSON, f"{{where}} is a {type(value).__name__}, which JSON cannot "
+                   "represent; use a dict, list, string, number, boolean or None (e.g. a list "
+                   "instead of a set)")
+
+
+def _descend(item: Any, part: Any, depth: int, max_depth: int) -> None:
+    try:
+        _walk(item, depth + 1, max_depth)
+    except _Bad as bad:
+        bad.parts.append(part)
+        raise
+
+
+def _braces(text: str) -> str:
+    # The problem text is a format string with one field, {where}: keep other braces literal.
+    return text.replace("{", "{{").replace("}", "}}")

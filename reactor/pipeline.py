@@ -95,10 +95,12 @@ class Pipeline:
         uuid, event = message.uuid, message.event
         state = None
         try:
-            record = self.jobs.get(uuid)
+            # Only the state is needed to decide, and the compare-and-set carries the duplicate
+            # key: reading the history (it grows with every event) would be wasted work.
+            record = self.jobs.get(uuid, with_history=False)
             state = record["state"]
             result = self.jobs.apply(uuid, event, message.data, token=message.token, key=key,
-                                     record=record)
+                                     record=record, with_history=False)
         except EXPECTED_ERRORS as exc:
             return self.finish(message, key, exc, state)
         return self.finish(message, key, result)
@@ -132,7 +134,7 @@ class Pipeline:
     def _state_now(self, uuid: str, fallback: str | None) -> str | None:
         # The compare-and-set may have re-read the job before refusing; report the state it saw.
         try:
-            record = self.jobs.store.get_job(uuid)
+            record = self.jobs.store.get_job(uuid, with_history=False)
         except StoreUnavailable:
             return fallback
         return record["state"] if record else fallback

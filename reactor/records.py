@@ -14,9 +14,10 @@ JOB_LINKAGE_FIELDS = ("child_of", "generated_by", "acted_on", "acted_using")
 
 def now_iso(moment: datetime | None = None) -> str:
     """UTC time at millisecond precision (what MongoDB keeps), as ISO-8601 with a Z."""
-    moment = moment or datetime.now(timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + \
-        f"{moment.microsecond // 1000:03d}Z"
+    m = (moment or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    # Formatted by hand: strftime costs several times more, and this runs once per event.
+    return (f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:"
+            f"{m.second:02d}.{m.microsecond // 1000:03d}Z")
 
 
 def check_data(data: Any, what: str = "data") -> dict | None:

@@ -80,6 +80,21 @@ def test_a_redelivered_message_is_a_duplicate_even_after_the_state_moved_on(jobs
     assert len(jobs.get(uuid)["history"]) == 3
 
 
+def test_apply_without_history_still_tells_a_redelivery_from_a_new_event(jobs):
+    """The hot path reads and returns records without their history: the compare-and-set's
+    key check finds the duplicate, and the re-read with history confirms it."""
+    uuid, token = new_job(jobs)
+    first = jobs.apply(uuid, "run", token=token, key="id:a", with_history=False)
+    assert first.applied and "history" not in first.record
+    update = jobs.apply(uuid, "update", {"n": 1}, token=token, key="id:b",
+                        record=jobs.get(uuid, with_history=False), with_history=False)
+    assert update.applied and update.record["revision"] == 3
+    again = jobs.apply(uuid, "update", {"n": 1}, token=token, key="id:b",
+                       record=jobs.get(uuid, with_history=False), with_history=False)
+    assert again.duplicate and again.record["revision"] == 3
+    assert [h.get("key") for h in jobs.get(uuid)["history"]] == [None, "id:a", "id:b"]
+
+
 def _rejections(uuid, token, other_token):
     return {
         "too_large": (json.dumps(event(uuid, "update", token)).encode() + b" " * 262144, None),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import socket
 import sqlite3
 import uuid as _uuid
@@ -45,7 +46,7 @@ def snapshot(store_uri: str) -> dict:
         conn = sqlite3.connect(store_uri[len("sqlite:///"):])
         try:
             return {table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall())
-                    for table in ("jobs", "pipelines", "documents")}
+                    for table in ("jobs", "history", "pipelines", "documents")}
         finally:
             conn.close()
     client = pymongo.MongoClient(store_uri, serverSelectionTimeoutMS=3000)
@@ -165,6 +166,164 @@ def test_commit_event_misses_on_unknown_and_hidden_jobs(store):
     assert store.delete_job(record["uuid"], force=False) is True
     assert store.commit_event(record["uuid"], "CREATED", "RUNNING", entry("run")) is None
     assert store.get_job(record["uuid"], include_hidden=True)["revision"] == 1
+
+
+# --- history: order, length, and reads without it ---------------------------------------------
+
+def _no_history(record: dict) -> dict:
+    assert "history" in record
+    return {k: v for k, v in record.items() if k != "history"}
+
+
+def test_history_keeps_the_order_of_commits(store):
+    record = job_record(60)
+    store.create_job(record)
+    expected = list(record["history"])
+    for n in range(30):
+        # keyed and unkeyed entries interleaved, with dates that do not sort like the order
+        e = entry("update", {"n": n}, key=f"m-{n}" if n % 3 else None,
+                  date=f"2024-01-01T00:00:{59 - n:02d}.000Z")
+        assert store.commit_event(record["uuid"], "CREATED", "CREATED", e,
+                                  with_history=False) is not None
+        expected.append(e)
+    got = store.get_job(record["uuid"])
+    assert got["history"] == expected
+    assert got["revision"] == 31
+    assert store.list_jobs()[0]["history"] == expected
+    # an event from a second job in between does not disturb the first one's order
+    other = job_record(61)
+    store.create_job(other)
+    store.commit_event(other["uuid"], "CREATED", "RUNNING", entry("run"))
+    last = entry("run", key="m-last")
+    after = store.commit_event(record["uuid"], "CREATED", "RUNNING", last)
+    assert after["history"] == expected + [last]
+    assert store.get_job(record["uuid"]) == after
+
+
+def test_a_job_with_300_events(store):
+    record = job_record(62)
+    store.create_job(record)
+    entries = [entry("update", {"n": n, "pad": "x" * 100}, key=f"k-{n}",
+                     date=f"2024-01-01T00:{n // 60:02d}:{n % 60:02d}.000Z") for n in range(300)]
+    results = store.commit_events([(record["uuid"], "CREATED", "CREATED", entries[0])],
+                                  with_history=False)
+    for e in entries[1:-1]:
+        results.append(store.commit_event(record["uuid"], "CREATED", "CREATED", e,
+                                          with_history=False))
+    final = store.commit_event(record["uuid"], "CREATED", "RUNNING", entries[-1])
+    assert [r["revision"] for r in results] == list(range(2, 301))
+    assert final["revision"] == 301 and final["state"] == "RUNNING"
+    assert final["history"] == record["history"] + entries
+    assert store.get_job(record["uuid"]) == final
+    assert store.get_job(record["uuid"], with_history=False) == _no_history(final)
+    # the first key, 300 entries back, still stops its message from applying twice
+    assert store.commit_event(record["uuid"], "RUNNING", "RUNNING",
+                              entry("update", key="k-0")) is None
+    assert store.get_job(record["uuid"]) == final
+
+
+def test_get_job_without_history(store):
+    record = job_record(63)
+    store.create_job(record)
+    full = store.commit_event(record["uuid"], "CREATED", "RUNNING", entry("run", key="r"))
+    light = store.get_job(record["uuid"], with_history=False)
+    assert "history" not in light
+    assert light == _no_history(full)
+    assert store.get_job(typed_uuid("pipelinejob", "nobody"), with_history=False) is None
+    store.delete_job(record["uuid"], force=False)
+    assert store.get_job(record["uuid"], with_history=False) is None
+    hidden = store.get_job(record["uuid"], include_hidden=True, with_history=False)
+    assert hidden == _no_history(store.get_job(record["uuid"], include_hidden=True))
+    assert hidden["_visible"] is False
+
+
+def test_commit_event_without_history(store, store_uri):
+    record = job_record(64)
+    store.create_job(record)
+    first = store.commit_event(record["uuid"], "CREATED", "RUNNING",
+                               entry("run", {"a": 1}, key="once"), with_history=False)
+    assert "history" not in first
+    assert first == _no_history(store.get_job(record["uuid"]))
+    assert first["state"] == "RUNNING" and first["revision"] == 2
+    assert first["last_event"] == "run"
+    for e in (entry("update", key=f"more-{n}") for n in range(3)):
+        assert store.commit_event(record["uuid"], "RUNNING", "RUNNING", e, with_history=False)
+    before = snapshot(store_uri)
+    # a repeated key (now 4 entries back) misses, as does a stale state or an unknown job
+    assert store.commit_event(record["uuid"], "RUNNING", "RUNNING",
+                              entry("update", key="once"), with_history=False) is None
+    assert store.commit_event(record["uuid"], "CREATED", "RUNNING", entry("run"),
+                              with_history=False) is None
+    assert store.commit_event(typed_uuid("pipelinejob", "ghost"), "CREATED", "RUNNING",
+                              entry("run"), with_history=False) is None
+    assert snapshot(store_uri) == before
+    assert [h.get("key") for h in store.get_job(record["uuid"])["history"]] == [
+        None, "once", "more-0", "more-1", "more-2"]
+
+
+def test_commit_events_without_history(store):
+    made = [job_record(70 + n) for n in range(4)]
+    for r in made:
+        store.create_job(r)
+    store.commit_event(made[2]["uuid"], "CREATED", "CREATED", entry(key="seen"))
+    results = store.commit_events([
+        (made[0]["uuid"], "CREATED", "RUNNING", entry("run", key="a")),
+        (made[1]["uuid"], "RUNNING", "FINISHED", entry("finish", key="b")),  # stale state
+        (made[2]["uuid"], "CREATED", "CREATED", entry(key="seen")),  # repeated key
+        (made[3]["uuid"], "CREATED", "CREATED", entry()),
+        (typed_uuid("pipelinejob", "ghost"), "CREATED", "RUNNING", entry("run")),
+    ], with_history=False)
+    assert [r is not None for r in results] == [True, False, False, True, False]
+    for r, m in zip(results, made):
+        if r is not None:
+            assert "history" not in r
+            assert r == _no_history(store.get_job(m["uuid"]))
+    full = store.commit_events([(made[1]["uuid"], "CREATED", "RUNNING", entry("run"))])
+    assert full == [store.get_job(made[1]["uuid"])]
+    assert len(full[0]["history"]) == 2
+
+
+@pytest.mark.parametrize("flag", ["no", 0, None])
+def test_with_history_must_be_a_boolean(store, flag):
+    record = job_record(65)
+    store.create_job(record)
+    with pytest.raises(ValueError, match="with_history"):
+        store.get_job(record["uuid"], with_history=flag)
+    with pytest.raises(ValueError, match="with_history"):
+        store.commit_event(record["uuid"], "CREATED", "RUNNING", entry("run"), with_history=flag)
+    with pytest.raises(ValueError, match="with_history"):
+        store.commit_events([(record["uuid"], "CREATED", "RUNNING", entry("run"))],
+                            with_history=flag)
+    assert store.get_job(record["uuid"]) == record
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_mongo_without_history_in_both_lock_modes(mongo_store_uri, mode):
+    """Locks on: the read under the lock leaves the history out (all but the keys for a keyed
+    entry). Locks off: findAndModify with a projection, or without one on a server that has
+    none (FerretDB), the history dropped here."""
+    store = open_store(mongo_store_uri, job_locks=mode)
+    try:
+        made = [job_record(80 + n) for n in range(3)]
+        for r in made:
+            store.create_job(r)
+        one = store.commit_event(made[0]["uuid"], "CREATED", "RUNNING", entry("run", key="k"),
+                                 with_history=False)
+        assert one == _no_history(store.get_job(made[0]["uuid"]))
+        assert store.commit_event(made[0]["uuid"], "RUNNING", "RUNNING",
+                                  entry(key="k"), with_history=False) is None
+        unkeyed = store.commit_event(made[0]["uuid"], "RUNNING", "RUNNING", entry(),
+                                     with_history=False)
+        assert unkeyed == _no_history(store.get_job(made[0]["uuid"]))
+        batch = store.commit_events([
+            (made[1]["uuid"], "CREATED", "RUNNING", entry("run", key="k1")),
+            (made[2]["uuid"], "RUNNING", "FINISHED", entry("finish")),
+            (made[0]["uuid"], "RUNNING", "RUNNING", entry(key="k"))], with_history=False)
+        assert batch[0] == _no_history(store.get_job(made[1]["uuid"]))
+        assert batch[1:] == [None, None]
+        assert store.get_job(made[0]["uuid"])["revision"] == 3
+    finally:
+        store.close()
 
 
 # --- escaping ----------------------------------------------------------------------------------
@@ -357,6 +516,9 @@ def _without(record: dict, key: str) -> dict:
     (lambda r: {**r, "data": {"x": {1, 2}}}, "set"),
     (lambda r: {**r, "_id": "mine"}, "_id"),
     (lambda r: {**r, "_visible": "yes"}, "_visible"),
+    (lambda r: {**r, "created": "2024-02-30T00:00:00.000Z"}, "created"),
+    (lambda r: {**r, "history": [{**r["history"][0], "key": "k"},
+                                 {**r["history"][0], "key": "k"}]}, "two entries with the key"),
 ])
 def test_bad_job_records_are_refused_and_nothing_is_written(store, store_uri, mutate, message):
     before = snapshot(store_uri)
@@ -382,6 +544,11 @@ def test_deeply_nested_data_is_refused(store):
     ({"name": "", "date": T0, "data": None}, "name"),
     ({"name": "run", "date": T0, "data": ["not", "a", "dict"]}, "data"),
     ({"name": "run", "date": T0, "data": None, "key": 7}, "key"),
+    ({"name": "run", "date": "2023-02-29T00:00:00.000Z", "data": None}, "date"),
+    ({"name": "run", "date": T0 + "\n", "data": None}, "date"),
+    ({"name": "run", "date": "2024-01-01T00:00:00.000", "data": None}, "date"),
+    ({"name": "run", "date": "2024-01-01T24:00:00.000Z", "data": None}, "date"),
+    ({"name": "run", "date": "٢٠٢٤-01-01T00:00:00.000Z", "data": None}, "date"),
     ("run", "dict"),
 ])
 def test_bad_history_entries_are_refused_and_nothing_changes(store, store_uri, bad_entry, message):
@@ -514,6 +681,52 @@ def test_sqlite_persistent_lock_is_store_unavailable_and_nothing_is_written(sqli
     finally:
         holder.close()
         store.close()
+
+
+def _raw(sqlite_uri: str, sql: str, params: tuple = ()) -> list[tuple]:
+    conn = sqlite3.connect(sqlite_uri[len("sqlite:///"):])
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def test_sqlite_layout_history_rows_and_a_body_never_rewritten_by_events(sqlite_uri):
+    record = job_record(43)
+    with open_store(sqlite_uri) as store:
+        store.create_job(record)
+        (body,), = _raw(sqlite_uri, "SELECT body FROM jobs WHERE uuid = ?", (record["uuid"],))
+        assert "history" not in json.loads(body)
+        for n in range(5):
+            store.commit_event(record["uuid"], "CREATED", "CREATED", entry(key=f"k{n}"))
+        assert _raw(sqlite_uri, "SELECT body FROM jobs WHERE uuid = ?",
+                    (record["uuid"],)) == [(body,)]
+        rows = _raw(sqlite_uri, "SELECT key, body FROM history WHERE job_uuid = ? ORDER BY seq",
+                    (record["uuid"],))
+        assert [(k, json.loads(b)) for k, b in rows] == [
+            (h.get("key"), h) for h in store.get_job(record["uuid"])["history"]]
+        assert _raw(sqlite_uri, "SELECT state, revision, last_event, updated FROM jobs") == [
+            ("CREATED", 6, "update", "2024-01-01T00:00:01.000Z")]
+    assert _raw(sqlite_uri, "PRAGMA user_version") == [(2,)]
+
+
+def test_sqlite_hard_delete_removes_the_history_rows(sqlite_uri):
+    gone, kept = job_record(44), job_record(45)
+    with open_store(sqlite_uri) as store:
+        for r in (gone, kept):
+            store.create_job(r)
+            store.commit_event(r["uuid"], "CREATED", "RUNNING", entry("run", key="same-key"))
+        assert store.delete_job(gone["uuid"], force=False) is True
+        assert len(_raw(sqlite_uri, "SELECT * FROM history WHERE job_uuid = ?",
+                        (gone["uuid"],))) == 2  # hiding keeps them
+        assert store.delete_job(gone["uuid"]) is True
+        assert _raw(sqlite_uri, "SELECT * FROM history WHERE job_uuid = ?", (gone["uuid"],)) == []
+        assert len(_raw(sqlite_uri, "SELECT * FROM history WHERE job_uuid = ?",
+                        (kept["uuid"],))) == 2
+        # the uuid is free again: a new job under it starts with its own history only
+        assert store.create_job(gone) == (gone, True)
+        assert store.commit_event(gone["uuid"], "CREATED", "RUNNING",
+                                  entry("run", key="same-key"))["revision"] == 2
 
 
 def test_sqlite_file_that_is_not_a_database_is_a_store_error(tmp_path):

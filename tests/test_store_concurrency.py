@@ -94,3 +94,44 @@ def test_concurrent_creates_make_exactly_one_job(jobs, store, store_uri):
     listed = store.list_jobs()
     assert len(listed) == 1
     assert listed[0]["revision"] == 1 and len(listed[0]["history"]) == 1
+
+
+def _commit_light(store_uri: str, uuid: str, worker: int, count: int) -> None:
+    """Child process: ``count`` compare-and-sets straight on the store, reading and writing
+    without history (the hot path's calls); a miss re-reads and tries again."""
+    from reactor import records
+    from reactor.store import open_store
+
+    with open_store(store_uri) as store:
+        for n in range(count):
+            entry = records.history_entry("update", {"worker": worker, "n": n},
+                                          records.now_iso(), key=f"w{worker}-{n}")
+            while True:
+                record = store.get_job(uuid, with_history=False)
+                assert "history" not in record
+                after = store.commit_event(uuid, record["state"], record["state"], entry,
+                                           with_history=False)
+                if after is not None:
+                    assert "history" not in after and after["revision"] > record["revision"]
+                    break
+
+
+def test_concurrent_commits_without_history_lose_nothing(jobs, store, store_uri):
+    record, _ = jobs.create(jobs.pipeline_uuid, data={"race": "light"})
+    count = EVENTS_EACH // 2
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_commit_light, args=(store_uri, record["uuid"], w, count))
+               for w in range(PROCESSES // 2)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join()
+    assert [p.exitcode for p in workers] == [0] * len(workers)
+    final = store.get_job(record["uuid"])
+    assert final["revision"] == len(workers) * count + 1
+    assert sorted(h["key"] for h in final["history"][1:]) == sorted(
+        f"w{w}-{n}" for w in range(len(workers)) for n in range(count))
+    # each worker's own entries are in the order it committed them
+    for w in range(len(workers)):
+        mine = [h["data"]["n"] for h in final["history"][1:] if h["data"]["worker"] == w]
+        assert mine == list(range(count))

@@ -23,8 +23,14 @@ class JobStore(ABC):
         """Insert ``record`` unless a job with its uuid exists; return (stored record, created)."""
 
     @abstractmethod
-    def get_job(self, uuid: str, include_hidden: bool = False) -> dict | None:
-        """The job with ``uuid`` (soft-deleted ones only when asked), or None."""
+    def get_job(self, uuid: str, include_hidden: bool = False,
+                with_history: bool = True) -> dict | None:
+        """The job with ``uuid`` (soft-deleted ones only when asked), or None.
+
+        ``with_history=False`` returns every field but ``history`` (no such key at all), and the
+        backend does not read the history: what the hot path needs, at a cost independent of
+        the number of events the job has seen.
+        """
 
     @abstractmethod
     def list_jobs(self, state: str | None = None, pipeline_uuid: str | None = None,
@@ -32,18 +38,23 @@ class JobStore(ABC):
         """Jobs, newest first, optionally filtered by state and pipeline."""
 
     @abstractmethod
-    def commit_event(self, uuid: str, from_state: str, to_state: str, entry: dict) -> dict | None:
+    def commit_event(self, uuid: str, from_state: str, to_state: str, entry: dict,
+                     with_history: bool = True) -> dict | None:
         """Atomically move a visible job from ``from_state`` to ``to_state`` and append ``entry``.
 
         One compare-and-set: matches only if the job is visible, is in ``from_state`` and has no
         history entry whose ``key`` equals ``entry['key']`` (when the entry has a key). Sets
         state, last_event (= entry name), updated (= entry date), revision + 1, and pushes the
         entry, in one write. Returns the record after the write, or None when nothing matched.
+        With ``with_history=False`` the record returned has no ``history`` key and the backend
+        does not read the history to build it (the duplicate-key check still covers it all).
         """
 
-    def commit_events(self, changes: Iterable[tuple[str, str, str, dict]]) -> list[dict | None]:
-        """Apply several ``(uuid, from_state, to_state, entry)`` changes; one result each."""
-        return [self.commit_event(*change) for change in changes]
+    def commit_events(self, changes: Iterable[tuple[str, str, str, dict]],
+                      with_history: bool = True) -> list[dict | None]:
+        """Apply several ``(uuid, from_state, to_state, entry)`` changes; one result each
+        (records without ``history`` when ``with_history`` is False, as ``commit_event``)."""
+        return [self.commit_event(*change, with_history=with_history) for change in changes]
 
     @abstractmethod
     def delete_job(self, uuid: str, force: bool = True, only_if_revision: int | None = None) -> bool:

@@ -42,9 +42,9 @@ from pymongo.write_concern import WriteConcern
 from ..errors import StoreError, StoreUnavailable
 from ..records import LINKAGE_FIELDS, now_iso
 from .base import COLLECTIONS_WITH_LINKS, JobStore
-from .sqlite import (
-    check_changes, check_collection, check_delete, check_document, check_entry,
-    check_job_record, check_pipeline, check_query, check_uuid, unlink,
+from .checks import (
+    check_changes, check_collection, check_delete, check_document, check_flag, check_job_record,
+    check_pipeline, check_query, check_state_change, check_uuid, parse_timestamp, unlink,
 )
 
 DEFAULT_DATABASE = "reactor"
@@ -55,6 +55,11 @@ TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 116
 LOCK_LEASE_S = 10.0  # a lock older than this was left by a crashed writer and may be broken
 LOCK_WAIT_S = 15.0  # waiting longer than this for a job's lock means the store is unusable now
 _DUPLICATE_KEY = 11000
+_NOT_IMPLEMENTED = 238
+# Reads that leave out the history (``with_history=False``): all of it, or all but each
+# entry's duplicate key, for the compare made here under a job lock.
+NO_HISTORY = {"history": 0}
+ONLY_HISTORY_KEYS = {"history.uuid": 0, "history.name": 0, "history.date": 0, "history.data": 0}
 
 # --- reversible key escaping -------------------------------------------------------------------
 # '%' is escaped first-class so every '%XX' in a stored key came from escaping, which makes the
@@ -130,12 +135,24 @@ def _update(to_state: str, entry: dict) -> dict:
             "$inc": {"revision": 1}, "$push": {"history": stored}}
 
 
-def _after(doc: dict, to_state: str, entry: dict) -> dict:
-    """The record as ``_update`` leaves ``doc`` (what reading it back would give)."""
+def _lock_projection(entry: dict, with_history: bool) -> dict | None:
+    """What to read of a job compared here under its lock: everything, or no history but
+    the entries' keys when the duplicate check needs them."""
+    if with_history:
+        return None
+    return ONLY_HISTORY_KEYS if entry.get("key") is not None else NO_HISTORY
+
+
+def _after(doc: dict, to_state: str, entry: dict, with_history: bool = True) -> dict:
+    """The record as ``_update`` leaves ``doc`` (what reading it back would give); without
+    ``history`` unless ``with_history``."""
     record = decode(doc)
     record.update(state=to_state, last_event=entry["name"], updated=entry["date"],
                   revision=record.get("revision", 0) + 1)
-    record["history"] = [*record.get("history", ()), json.loads(json.dumps(entry))]
+    if with_history:
+        record["history"] = [*record.get("history", ()), json.loads(json.dumps(entry))]
+    else:
+        record.pop("history", None)  # at most the keys read for the duplicate check
     return record
 
 
@@ -149,7 +166,7 @@ def _holds(record: dict, entry: dict) -> bool:
 def _to_datetime(stamp: str) -> datetime:
     # Stored as BSON dates so server-side queries and sorts work on them; ms precision is what
     # both BSON and records.now_iso keep, so the string comes back identical.
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    return parse_timestamp(stamp, "timestamp")
 
 
 def encode_entry(entry: dict) -> dict:
@@ -247,6 +264,7 @@ class MongoJobStore(JobStore):
             self._client.close()
             raise
         self._indexed.update((JOBS, PIPELINES))
+        self._update_projection = True  # until a server says it has no findAndModify projection
         self.job_locks = self._decide_job_locks(job_locks)
 
     def _decide_job_locks(self, setting: str | bool) -> bool:
@@ -358,12 +376,16 @@ class MongoJobStore(JobStore):
             return self.create_job(record)
         return decode(existing), False
 
-    def get_job(self, uuid: str, include_hidden: bool = False) -> dict | None:
-        """The job with ``uuid`` (soft-deleted ones only when asked), or None."""
+    def get_job(self, uuid: str, include_hidden: bool = False,
+                with_history: bool = True) -> dict | None:
+        """The job with ``uuid`` (soft-deleted ones only when asked), or None; without its
+        ``history`` (the server does not send it) when ``with_history`` is False."""
+        check_uuid(uuid, "job uuid")
+        check_flag(with_history, "with_history")
         # Exactly {_id: …}: the one filter every MongoDB-wire server answers from an index
         # (FerretDB 1.x scans the collection for anything else); visibility is checked here.
         with self._errors("read a job"):
-            doc = self._jobs.find_one({"_id": check_uuid(uuid, "job uuid")})
+            doc = self._jobs.find_one({"_id": uuid}, None if with_history else NO_HISTORY)
         if doc is None or not (include_hidden or doc.get("_visible") is True):
             return None
         return decode(doc)
@@ -384,36 +406,56 @@ class MongoJobStore(JobStore):
                 [("created", pymongo.DESCENDING), ("uuid", pymongo.ASCENDING)]).limit(limit)
             return [decode(doc) for doc in cursor]
 
-    def commit_event(self, uuid: str, from_state: str, to_state: str, entry: dict) -> dict | None:
-        """One compare-and-set: visible job in ``from_state`` → ``to_state``, ``entry`` appended."""
-        check_uuid(uuid, "job uuid")
-        check_uuid(from_state, "from_state")
-        check_uuid(to_state, "to_state")
-        check_entry(entry)
+    def commit_event(self, uuid: str, from_state: str, to_state: str, entry: dict,
+                     with_history: bool = True) -> dict | None:
+        """One compare-and-set: visible job in ``from_state`` → ``to_state``, ``entry`` appended
+        (the record returned, and read, without ``history`` unless ``with_history``)."""
+        check_state_change(uuid, from_state, to_state, entry)
+        check_flag(with_history, "with_history")
         update = _update(to_state, entry)
         with self._errors("commit an event"), self._job_lock(uuid):
             if not self.job_locks:
-                doc = self._jobs.find_one_and_update(_cas_filter(uuid, from_state, entry), update,
-                                                     return_document=ReturnDocument.AFTER)
+                doc = self._find_one_and_update(_cas_filter(uuid, from_state, entry), update,
+                                                with_history)
                 return decode(doc) if doc is not None else None
             # Under the job's lease no other writer touches the document, so the compare runs
             # here and the write goes by exact _id: on such servers both are indexed lookups,
             # where the compare-and-set filter would scan the collection.
-            doc = self._jobs.find_one({"_id": uuid})
+            doc = self._jobs.find_one({"_id": uuid}, _lock_projection(entry, with_history))
             if not _matches(doc, from_state, entry):
                 return None
             if self._jobs.update_one({"_id": uuid}, update).matched_count != 1:
                 return None
-        return _after(doc, to_state, entry)
+        return _after(doc, to_state, entry, with_history)
 
-    def commit_events(self, changes: Iterable[tuple[str, str, str, dict]]) -> list[dict | None]:
+    def _find_one_and_update(self, query: dict, update: dict, with_history: bool) -> dict | None:
+        """``find_one_and_update`` returning the document after the update, history only when
+        ``with_history`` (then left out by the server when it can)."""
+        if not with_history and self._update_projection:
+            try:
+                return self._jobs.find_one_and_update(query, update, projection=NO_HISTORY,
+                                                      return_document=ReturnDocument.AFTER)
+            except OperationFailure as exc:
+                if exc.code != _NOT_IMPLEMENTED:
+                    raise
+                # A server without projections on findAndModify refuses the command whole,
+                # before it runs: nothing was written, so asking again without one is safe.
+                self._update_projection = False
+        doc = self._jobs.find_one_and_update(query, update, return_document=ReturnDocument.AFTER)
+        if doc is not None and not with_history:
+            doc.pop("history", None)
+        return doc
+
+    def commit_events(self, changes: Iterable[tuple[str, str, str, dict]],
+                      with_history: bool = True) -> list[dict | None]:
         """Group commit: ``commit_event`` for each change (distinct jobs), in one round trip.
 
         Without job locks (MongoDB): one unordered ``bulk_write`` of exactly ``commit_event``'s
         conditional updates, so each change is still its own atomic compare-and-set carrying
         its duplicate key, then one ``find`` of the batch's jobs. A bulk result only counts
         matches, so that read is what tells which changes landed: a change counts as committed
-        when its own history entry is in the record (entries carry a random uuid). With job
+        when its own history entry is in the record (entries carry a random uuid, so the find
+        asks for the jobs holding it and needs no history back). With job
         locks: the batch's locks in one unordered insert, each job read by _id and compared
         here (as ``commit_event`` does under its lock), one unordered bulk write by _id, the
         locks released in one delete. Jobs whose lock was busy are retried together, never
@@ -425,12 +467,13 @@ class MongoJobStore(JobStore):
         key makes a second try safe.
         """
         batch = check_changes(changes)
+        check_flag(with_history, "with_history")
         if not batch:
             return []
         results: list[dict | None] = [None] * len(batch)
         with self._errors("commit a batch of events"):
             if not self.job_locks:
-                self._commit_unlocked(batch, results)
+                self._commit_unlocked(batch, results, with_history)
                 return results
             owner = secrets.token_hex(8)
             waiting = list(range(len(batch)))
@@ -441,7 +484,7 @@ class MongoJobStore(JobStore):
                 if locked:
                     try:
                         self._commit_locked([i for i in waiting if batch[i][0] in locked],
-                                            batch, results)
+                                            batch, results, with_history)
                     finally:
                         self._locks.delete_many({"_id": {"$in": sorted(locked)},
                                                  "owner": owner})
@@ -466,11 +509,23 @@ class MongoJobStore(JobStore):
         return broken
 
     def _commit_unlocked(self, batch: list[tuple[str, str, str, dict]],
-                         results: list[dict | None]) -> None:
+                         results: list[dict | None], with_history: bool) -> None:
         """Compare-and-set filters in one bulk write, then one read to see which landed."""
         self._bulk_write([UpdateOne(_cas_filter(uuid, from_state, entry),
                                     _update(to_state, entry))
                           for uuid, from_state, to_state, entry in batch])
+        if all(isinstance(entry.get("uuid"), str) for *_, entry in batch):
+            # Entries carry a unique uuid: the server tells which jobs hold theirs, so the
+            # read needs no history (and sends none unless asked).
+            landed = {doc["_id"]: doc for doc in self._jobs.find(
+                {"$or": [{"_id": uuid, "history.uuid": entry["uuid"]}
+                         for uuid, _, _, entry in batch]},
+                None if with_history else NO_HISTORY)}
+            for i, (uuid, *_) in enumerate(batch):
+                doc = landed.get(uuid)
+                if doc is not None and doc.get("_visible") is True:
+                    results[i] = decode(doc)
+            return
         found = {doc["_id"]: doc for doc in self._jobs.find(
             {"_id": {"$in": [uuid for uuid, *_ in batch]}})}
         for i, (uuid, _, _, entry) in enumerate(batch):
@@ -478,19 +533,23 @@ class MongoJobStore(JobStore):
             if doc is not None and doc.get("_visible") is True:
                 record = decode(doc)
                 if _holds(record, entry):
+                    if not with_history:
+                        del record["history"]
                     results[i] = record
 
     def _commit_locked(self, indexes: list[int], batch: list[tuple[str, str, str, dict]],
-                       results: list[dict | None]) -> None:
+                       results: list[dict | None], with_history: bool) -> None:
         """Under the batch's locks: read and compare each job, one bulk write by _id."""
         # One exact-_id read per job: such servers scan the collection for an $in.
-        docs = {i: self._jobs.find_one({"_id": batch[i][0]}) for i in indexes}
+        docs = {i: self._jobs.find_one({"_id": batch[i][0]},
+                                       _lock_projection(batch[i][3], with_history))
+                for i in indexes}
         todo = [i for i in indexes if _matches(docs[i], batch[i][1], batch[i][3])]
         refused = self._bulk_write([UpdateOne({"_id": batch[i][0]},
                                               _update(batch[i][2], batch[i][3])) for i in todo])
         for n, i in enumerate(todo):
             if n not in refused:
-                results[i] = _after(docs[i], batch[i][2], batch[i][3])
+                results[i] = _after(docs[i], batch[i][2], batch[i][3], with_history)
 
     def _acquire_batch(self, uuids: list[str], owner: str) -> set[str]:
         """Take the lease locks of ``uuids`` without waiting; the set of those now held."""

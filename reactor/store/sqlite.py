@@ -2,228 +2,206 @@
 
 Every write runs in a ``BEGIN IMMEDIATE`` transaction, so the read-check-write of a
 compare-and-set is atomic across processes; WAL mode lets readers proceed while one writer holds
-the lock. Records are kept as JSON text, with the columns queries need pulled out beside them.
+the lock, and a read of several rows runs in one read transaction (one snapshot).
 
-The input checks at the top are shared with the MongoDB backend so both refuse exactly the same
-inputs (they would sit best in ``base.py``).
+Layout (schema version 2, ``PRAGMA user_version``): table ``jobs`` holds one row per job, its
+record as created *without* ``history`` as JSON text (``body``) beside the columns queries need;
+the fields a state change moves (state, revision, visibility, last_event, updated) live in
+columns, which a read lays over the parsed body. Table ``history`` holds one row per entry (job
+uuid, duplicate key, the entry's JSON) in append order (``seq``), with a unique index on (job
+uuid, key). So an event costs the same whatever the job's history: one conditional UPDATE of
+the job's columns and one INSERT, never a rewrite of the record. A file of the first layout
+(version 0: whole records, history included, in ``jobs.body``) is converted at open, in one
+transaction.
 """
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from .. import jsonvalues
 from ..errors import StoreError, StoreUnavailable
-from ..records import LINKAGE_FIELDS
 from .base import JobStore
+from .checks import (
+    check_changes, check_collection, check_delete, check_document, check_flag, check_job_record,
+    check_pipeline, check_query, check_state_change, check_uuid, unlink,
+)
 
 T = TypeVar("T")
 
-# --- input checks shared by both backends ------------------------------------------------------
-
-TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-COLLECTION_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-RESERVED_COLLECTIONS = ("jobs", "pipelines")
-# MongoDB refuses documents nested deeper than 100 levels and integers beyond 64 bits; the
-# embedded store refuses them too, so both backends accept exactly the same records.
-MAX_DEPTH = 100
-
-
-def check_json(value: Any, what: str) -> None:
-    """Raise ValueError unless ``value`` is JSON-compatible (string keys, finite numbers, int64)."""
-    jsonvalues.check_json(value, what, MAX_DEPTH)
-
-
-def check_timestamp(value: Any, what: str) -> str:
-    """Return ``value`` if it is a timestamp as ``records.now_iso`` writes it, else ValueError."""
-    if isinstance(value, str) and TIMESTAMP.match(value):
-        try:
-            datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
-        except ValueError:
-            pass
-        else:
-            return value
-    raise ValueError(f"{what} must be a UTC timestamp like 2024-01-31T12:00:00.000Z, "
-                     f"got {value!r}")
-
-
-def check_uuid(value: Any, what: str) -> str:
-    """Return ``value`` if it is a non-empty string, else raise ValueError naming ``what``."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
-    return value
-
-
-def check_collection(name: Any) -> str:
-    """Return ``name`` if it may name a collection of linked documents, else ValueError."""
-    if not isinstance(name, str) or not COLLECTION_NAME.match(name) or len(name) > 64:
-        raise ValueError(f"collection name {name!r} is invalid; use lower-case letters, digits "
-                         "and underscores, starting with a letter or underscore")
-    if name in RESERVED_COLLECTIONS:
-        raise ValueError(f"collection {name!r} is reserved; use the job or pipeline operations")
-    return name
-
-
-def _check_top_level(doc: dict, what: str) -> None:
-    # MongoDB owns "_id" (immutable, unique); neither backend lets a caller set it.
-    if "_id" in doc:
-        raise ValueError(f"{what} must not have an '_id' field; the store manages it")
-
-
-def check_entry(entry: Any) -> dict:
-    """Return ``entry`` if it is a well-formed history entry, else raise ValueError."""
-    if not isinstance(entry, dict):
-        raise ValueError(f"history entry must be a dict, got {type(entry).__name__}")
-    check_uuid(entry.get("name"), "history entry 'name'")
-    check_timestamp(entry.get("date"), "history entry 'date'")
-    if entry.get("data") is not None and not isinstance(entry["data"], dict):
-        raise ValueError("history entry 'data' must be a dict or None")
-    if entry.get("key") is not None and not isinstance(entry["key"], str):
-        raise ValueError("history entry 'key' must be a string or None")
-    check_json(entry, "history entry")
-    return entry
-
-
-def check_changes(changes: Any) -> list[tuple[str, str, str, dict]]:
-    """Return ``changes`` as a list if every one is a well-formed change for a distinct job.
-
-    A change is ``(uuid, from_state, to_state, entry)``; a bad one raises ValueError naming
-    its position, so a batch is refused whole before anything is written.
-    """
-    try:
-        items = list(changes)
-    except TypeError:
-        raise ValueError(f"changes must be a sequence of (uuid, from_state, to_state, entry), "
-                         f"got {type(changes).__name__}") from None
-    seen: dict[str, int] = {}
-    out = []
-    for index, change in enumerate(items):
-        if not isinstance(change, (tuple, list)) or len(change) != 4:
-            raise ValueError(f"change {index} must be (uuid, from_state, to_state, entry), "
-                             f"got {change!r:.80}")
-        uuid, from_state, to_state, entry = change
-        try:
-            check_uuid(uuid, "job uuid")
-            check_uuid(from_state, "from_state")
-            check_uuid(to_state, "to_state")
-            check_entry(entry)
-        except ValueError as exc:
-            raise ValueError(f"change {index}: {exc}") from None
-        if uuid in seen:
-            # One compare-and-set per job and batch: the second change of a job must be
-            # computed from the first one's result, so it belongs in a later batch.
-            raise ValueError(f"change {index}: job {uuid} already has change {seen[uuid]} in "
-                             "this batch; a batch holds at most one change per job")
-        seen[uuid] = index
-        out.append((uuid, from_state, to_state, entry))
-    return out
-
-
-def check_job_record(record: Any) -> dict:
-    """Return a copy of ``record`` (with ``_visible`` defaulted) if it is a storable job."""
-    if not isinstance(record, dict):
-        raise ValueError(f"job record must be a dict, got {type(record).__name__}")
-    _check_top_level(record, "job record")
-    check_uuid(record.get("uuid"), "job 'uuid'")
-    check_uuid(record.get("pipeline_uuid"), "job 'pipeline_uuid'")
-    check_uuid(record.get("state"), "job 'state'")
-    revision = record.get("revision")
-    if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
-        raise ValueError(f"job 'revision' must be a non-negative integer, got {revision!r}")
-    check_timestamp(record.get("created"), "job 'created'")
-    check_timestamp(record.get("updated"), "job 'updated'")
-    if not isinstance(record.get("history"), list):
-        raise ValueError("job 'history' must be a list of entries")
-    for entry in record["history"]:
-        check_entry(entry)
-    if not isinstance(record.get("_visible", True), bool):
-        raise ValueError("job '_visible' must be a boolean")
-    check_json(record, "job record")
-    return {**record, "_visible": record.get("_visible", True)}
-
-
-def check_pipeline(doc: Any) -> dict:
-    """Return ``doc`` if it is a registrable pipeline ``{uuid, name, ...}``, else ValueError."""
-    if not isinstance(doc, dict):
-        raise ValueError(f"pipeline must be a dict, got {type(doc).__name__}")
-    _check_top_level(doc, "pipeline")
-    check_uuid(doc.get("uuid"), "pipeline 'uuid'")
-    check_uuid(doc.get("name"), "pipeline 'name'")
-    check_json(doc, "pipeline")
-    return doc
-
-
-def check_document(doc: Any) -> dict:
-    """Return ``doc`` if it is a storable linked document with a ``uuid``, else ValueError."""
-    if not isinstance(doc, dict):
-        raise ValueError(f"document must be a dict, got {type(doc).__name__}")
-    _check_top_level(doc, "document")
-    check_uuid(doc.get("uuid"), "document 'uuid'")
-    check_json(doc, "document")
-    return doc
-
-
-def check_query(state: Any, pipeline_uuid: Any, limit: Any) -> None:
-    """Raise ValueError for a bad ``list_jobs`` filter or limit."""
-    for name, value in (("state", state), ("pipeline_uuid", pipeline_uuid)):
-        if value is not None and not isinstance(value, str):
-            raise ValueError(f"{name} filter must be a string or None, got {value!r}")
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise ValueError(f"limit must be a positive integer, got {limit!r}")
-
-
-def check_delete(force: Any, only_if_revision: Any) -> None:
-    """Raise ValueError for bad ``delete_job`` options."""
-    if not isinstance(force, bool):
-        raise ValueError(f"force must be True or False, got {force!r}")
-    if only_if_revision is not None and (not isinstance(only_if_revision, int)
-                                         or isinstance(only_if_revision, bool)):
-        raise ValueError(f"only_if_revision must be an integer or None, got {only_if_revision!r}")
-
-
-def unlink(doc: dict, uuid: str) -> bool:
-    """Remove ``uuid`` from the linkage fields of ``doc`` in place; True when it changed."""
-    changed = False
-    for field in LINKAGE_FIELDS:
-        value = doc.get(field)
-        if isinstance(value, list) and uuid in value:
-            doc[field] = [v for v in value if v != uuid]
-            changed = True
-        elif value == uuid:  # a single reference kept as a scalar: drop the field
-            del doc[field]
-            changed = True
-    return changed
-
-
 # --- the SQLite backend ------------------------------------------------------------------------
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS jobs (
+SCHEMA_VERSION = 2  # PRAGMA user_version of the layout below; 0 is the first layout
+
+
+def _jobs_table(name: str) -> str:
+    return f"""CREATE TABLE IF NOT EXISTS {name} (
         uuid TEXT PRIMARY KEY, state TEXT NOT NULL, revision INTEGER NOT NULL,
-        visible INTEGER NOT NULL, pipeline_uuid TEXT, created TEXT NOT NULL, body TEXT NOT NULL)""",
+        visible INTEGER NOT NULL, pipeline_uuid TEXT, created TEXT NOT NULL, last_event TEXT,
+        updated TEXT NOT NULL, body TEXT NOT NULL)"""
+
+
+HISTORY_SCHEMA = (
+    # seq is the rowid, declared so that VACUUM keeps it: it is the append order. A new row's
+    # rowid exceeds every existing one, so each job's entries stay in the order appended.
+    """CREATE TABLE IF NOT EXISTS history (
+        seq INTEGER PRIMARY KEY, job_uuid TEXT NOT NULL, key TEXT, body TEXT NOT NULL)""",
+    # The duplicate-key check; SQLite treats NULLs as distinct, so entries without a key pass.
+    "CREATE UNIQUE INDEX IF NOT EXISTS history_by_key ON history (job_uuid, key)",
+)
+SCHEMA = (
+    _jobs_table("jobs"),
     "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created DESC, uuid)",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created DESC)",
     "CREATE INDEX IF NOT EXISTS jobs_by_pipeline ON jobs (pipeline_uuid, created DESC)",
+    *HISTORY_SCHEMA,
     """CREATE TABLE IF NOT EXISTS pipelines (
         uuid TEXT PRIMARY KEY, name TEXT NOT NULL, body TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS documents (
         collection TEXT NOT NULL, uuid TEXT NOT NULL, body TEXT NOT NULL,
         PRIMARY KEY (collection, uuid))""",
 )
+# The jobs table of version 0, whose body held the whole record, history included.
+V0_JOB_COLUMNS = ("uuid", "state", "revision", "visible", "pipeline_uuid", "created", "body")
 
 BUSY_TIMEOUT_S = 5.0  # sqlite's own wait for a lock, per attempt
 LOCK_ATTEMPTS = 3  # attempts before a lock counts as persistent (StoreUnavailable)
 _IN_CHUNK = 500  # uuids per IN (...) query: well under SQLite's bound-parameter limit
+_MIGRATE_CHUNK = 500  # version-0 jobs converted per batch of inserts
+
+# What a read selects of a job row: the body and the columns laid over it (see _job).
+_JOB = "body, state, revision, visible, last_event, updated"
+_SELECT_JOB = f"SELECT {_JOB} FROM jobs WHERE uuid = ?"
+_SELECT_HISTORY = "SELECT body FROM history WHERE job_uuid = ? ORDER BY seq"
+_INSERT_HISTORY = "INSERT INTO history (job_uuid, key, body) VALUES (?, ?, ?)"
+_HAS_KEY = "SELECT 1 FROM history WHERE job_uuid = ? AND key = ?"
+# The compare-and-set: the state change in place, the record's fields back in the same step.
+_CAS = ("UPDATE jobs SET state = ?, revision = revision + 1, last_event = ?, updated = ? "
+        f"WHERE uuid = ? AND visible = 1 AND state = ? RETURNING {_JOB}")
+
+# One encoder for every write: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return _ENCODER.encode(value)
+
+
+def _job(row: tuple) -> dict:
+    """A job record (without history) from a ``_JOB`` row: the body with the columns over it."""
+    record = json.loads(row[0])
+    # Assigning to keys the body already has keeps the record's key order.
+    record["state"] = row[1]
+    record["revision"] = row[2]
+    record["_visible"] = bool(row[3])
+    if row[4] is not None:  # NULL: no event since a create whose record had no last_event
+        record["last_event"] = row[4]
+    record["updated"] = row[5]
+    return record
+
+
+def _entries(bodies: Iterable[str]) -> list[dict]:
+    # One parse of one JSON array is cheaper than a parse per entry.
+    return json.loads("[" + ",".join(bodies) + "]")
+
+
+def _history(conn: sqlite3.Connection, uuid: str) -> list[dict]:
+    return _entries(body for (body,) in conn.execute(_SELECT_HISTORY, (uuid,)))
+
+
+def _histories(conn: sqlite3.Connection, uuids: list[str]) -> dict[str, list[dict]]:
+    """The history of each job in ``uuids`` (in append order), in few queries."""
+    bodies: dict[str, list[str]] = {uuid: [] for uuid in uuids}
+    for start in range(0, len(uuids), _IN_CHUNK):
+        chunk = uuids[start:start + _IN_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        for uuid, body in conn.execute(f"SELECT job_uuid, body FROM history WHERE job_uuid IN "
+                                       f"({marks}) ORDER BY seq", chunk):
+            bodies[uuid].append(body)
+    return {uuid: _entries(texts) for uuid, texts in bodies.items()}
+
+
+def _compare_and_set(conn: sqlite3.Connection, uuid: str, from_state: str, to_state: str,
+                     entry: dict, text: str, with_history: bool) -> dict | None:
+    """One state change inside the caller's write transaction; None (nothing written) on a miss.
+
+    ``text`` is ``entry`` serialised, written as is: the entry is never copied or re-read.
+    """
+    key = entry.get("key")
+    if key is not None and conn.execute(_HAS_KEY, (uuid, key)).fetchone() is not None:
+        return None
+    # fetchall: the statement runs to completion, so nothing is left pending at COMMIT.
+    rows = conn.execute(_CAS, (to_state, entry["name"], entry["date"], uuid,
+                               from_state)).fetchall()
+    if not rows:
+        return None
+    conn.execute(_INSERT_HISTORY, (uuid, key, text))
+    record = _job(rows[0])
+    if with_history:
+        record["history"] = _history(conn, uuid)
+    return record
+
+
+def _migrate_from_v0(conn: sqlite3.Connection) -> None:
+    """Convert a version-0 ``jobs`` table (whole records in ``body``) to the current layout.
+
+    Runs inside the caller's write transaction, so the conversion happens whole or not at all.
+    Other tables are not touched.
+    """
+    conn.execute(_jobs_table("jobs_v2"))
+    for statement in HISTORY_SCHEMA:
+        conn.execute(statement)
+    read = conn.execute(f"SELECT {', '.join(V0_JOB_COLUMNS)} FROM jobs ORDER BY rowid")
+    while True:
+        rows = read.fetchmany(_MIGRATE_CHUNK)
+        if not rows:
+            break
+        jobs_rows, history_rows = [], []
+        for uuid, state, revision, visible, pipeline, created, body in rows:
+            record, history = _split_v0(uuid, body)
+            last_event = record.get("last_event")
+            jobs_rows.append((uuid, state, revision, visible, pipeline, created,
+                              last_event if isinstance(last_event, str) else None,
+                              record["updated"], _dumps(record)))
+            keys: set[str] = set()
+            for entry in history:
+                key = entry.get("key")
+                if not isinstance(key, str) or key in keys:
+                    # The entry keeps its key in its body; the first entry with a key is
+                    # the one the duplicate check finds.
+                    key = None
+                else:
+                    keys.add(key)
+                history_rows.append((uuid, key, _dumps(entry)))
+        conn.executemany("INSERT INTO jobs_v2 (uuid, state, revision, visible, pipeline_uuid, "
+                         "created, last_event, updated, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         jobs_rows)
+        conn.executemany(_INSERT_HISTORY, history_rows)
+    read.close()
+    conn.execute("DROP TABLE jobs")  # its indexes go with it; SCHEMA makes them anew
+    conn.execute("ALTER TABLE jobs_v2 RENAME TO jobs")
+
+
+def _split_v0(uuid: str, body: str) -> tuple[dict, list[dict]]:
+    """A version-0 body as (record without history, history); StoreError if it is unusable."""
+    try:
+        record = json.loads(body)
+    except ValueError as exc:
+        raise StoreError(f"cannot convert job {uuid}: its stored body is not JSON ({exc})") \
+            from None
+    history = record.pop("history", []) if isinstance(record, dict) else None
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history) or \
+            not isinstance(record.get("updated"), str):
+        raise StoreError(f"cannot convert job {uuid}: its stored body is not a job record "
+                         "with an 'updated' timestamp and a list of history entries")
+    return record, history
+
+
+def _table_columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
 
 
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
@@ -264,22 +242,60 @@ class SqliteJobStore(JobStore):
                                          isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {path}: {exc}") from None
-        self._run(self._setup)
+        try:
+            self._run(self._setup)
+        except BaseException:
+            self._conn.close()
+            raise
 
     # --- plumbing ------------------------------------------------------------------------------
     def _setup(self, conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+        self._check_version(conn)  # before anything here changes the file
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL: a commit is on disk before we return, because the caller acks right after.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Again under the write lock: another process may have converted the file meanwhile.
+            version = self._check_version(conn)
+            if version == 0:
+                self._convert_from_v0(conn)
             for statement in SCHEMA:
                 conn.execute(statement)
+            if version != SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            self._rollback()
             raise
+
+    def _check_version(self, conn: sqlite3.Connection) -> int:
+        """The file's schema version if this code reads it (0 is converted), else StoreError."""
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"SQLite store {self.path} has schema version {version}, newer than "
+                             f"version {SCHEMA_VERSION}, the newest this reactor reads: it was "
+                             "written by a newer reactor; use that one (nothing was changed)")
+        if version not in (0, SCHEMA_VERSION):
+            raise StoreError(f"SQLite store {self.path} has schema version {version}, which no "
+                             f"reactor wrote; this one reads versions 0 and {SCHEMA_VERSION}")
+        return version
+
+    def _convert_from_v0(self, conn: sqlite3.Connection) -> None:
+        """Convert a version-0 jobs table, if there is one (a new file has none)."""
+        columns = _table_columns(conn, "jobs")
+        if not columns or "updated" in columns:
+            return  # a new file, or tables of this layout without their version number
+        if set(V0_JOB_COLUMNS) - set(columns):
+            raise StoreError(f"SQLite store {self.path} has a table 'jobs' with columns "
+                             f"{columns}, which no reactor wrote")
+        try:
+            _migrate_from_v0(conn)
+        except StoreError as exc:
+            raise StoreError(f"SQLite store {self.path} (schema version 0) cannot be converted "
+                             f"to version {SCHEMA_VERSION}, so nothing was changed: {exc}") \
+                from None
 
     def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` on the connection, retrying lock timeouts; translate sqlite errors."""
@@ -310,10 +326,9 @@ class SqliteJobStore(JobStore):
         except sqlite3.Error:
             pass  # the connection is already out of the transaction
 
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work`` inside one ``BEGIN IMMEDIATE`` transaction (the cross-process lock)."""
+    def _transaction(self, begin: str, work: Callable[[sqlite3.Connection], T]) -> T:
         def transaction(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(begin)
             try:
                 result = work(conn)
             except BaseException:
@@ -324,36 +339,65 @@ class SqliteJobStore(JobStore):
 
         return self._run(transaction)
 
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` inside one ``BEGIN IMMEDIATE`` transaction (the cross-process lock)."""
+        return self._transaction("BEGIN IMMEDIATE", work)
+
+    def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work``'s several reads in one read transaction: one snapshot of the file."""
+        return self._transaction("BEGIN", work)
+
     def _read_one(self, sql: str, params: tuple) -> dict | None:
         row = self._run(lambda conn: conn.execute(sql, params).fetchone())
         return json.loads(row[0]) if row else None
+
+    @staticmethod
+    def _load(conn: sqlite3.Connection, uuid: str, include_hidden: bool,
+              with_history: bool) -> dict | None:
+        row = conn.execute(_SELECT_JOB + ("" if include_hidden else " AND visible = 1"),
+                           (uuid,)).fetchone()
+        if row is None:
+            return None
+        record = _job(row)
+        if with_history:
+            record["history"] = _history(conn, uuid)
+        return record
 
     # --- jobs ----------------------------------------------------------------------------------
     def create_job(self, record: dict) -> tuple[dict, bool]:
         """Insert ``record`` unless a job with its uuid exists; return (stored record, created)."""
         record = check_job_record(record)
-        body = _dumps(record)
+        uuid = record["uuid"]
+        body = _dumps({k: v for k, v in record.items() if k != "history"})
+        entries = [(uuid, entry.get("key"), _dumps(entry)) for entry in record["history"]]
+        last_event = record.get("last_event")
 
         def insert(conn: sqlite3.Connection) -> tuple[dict, bool]:
             cur = conn.execute(
-                "INSERT INTO jobs (uuid, state, revision, visible, pipeline_uuid, created, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uuid) DO NOTHING",
-                (record["uuid"], record["state"], record["revision"], int(record["_visible"]),
-                 record["pipeline_uuid"], record["created"], body))
-            if cur.rowcount == 1:
-                return json.loads(body), True
-            row = conn.execute("SELECT body FROM jobs WHERE uuid = ?",
-                               (record["uuid"],)).fetchone()
-            return json.loads(row[0]), False
+                "INSERT INTO jobs (uuid, state, revision, visible, pipeline_uuid, created, "
+                "last_event, updated, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (uuid) DO NOTHING",
+                (uuid, record["state"], record["revision"], int(record["_visible"]),
+                 record["pipeline_uuid"], record["created"],
+                 last_event if isinstance(last_event, str) else None, record["updated"], body))
+            if cur.rowcount != 1:
+                return self._load(conn, uuid, include_hidden=True, with_history=True), False
+            conn.executemany(_INSERT_HISTORY, entries)
+            stored = json.loads(body)
+            stored["history"] = _entries(text for _, _, text in entries)
+            return stored, True
 
         return self._write(insert)
 
-    def get_job(self, uuid: str, include_hidden: bool = False) -> dict | None:
-        """The job with ``uuid`` (soft-deleted ones only when asked), or None."""
+    def get_job(self, uuid: str, include_hidden: bool = False,
+                with_history: bool = True) -> dict | None:
+        """The job with ``uuid`` (soft-deleted ones only when asked), or None; without its
+        ``history`` (and without reading it) when ``with_history`` is False."""
         check_uuid(uuid, "job uuid")
-        visible = "" if include_hidden else " AND visible = 1"
-        sql = "SELECT body FROM jobs WHERE uuid = ?" + visible
-        return self._read_one(sql, (uuid,))
+        check_flag(with_history, "with_history")
+        if not with_history:  # one statement: a snapshot by itself
+            return self._run(lambda conn: self._load(conn, uuid, include_hidden, False))
+        return self._read(lambda conn: self._load(conn, uuid, include_hidden, True))
 
     def list_jobs(self, state: str | None = None, pipeline_uuid: str | None = None,
                   limit: int = 100, include_hidden: bool = False) -> list[dict]:
@@ -369,36 +413,36 @@ class SqliteJobStore(JobStore):
             clauses.append("pipeline_uuid = ?")
             params.append(pipeline_uuid)
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        sql = f"SELECT body FROM jobs{where} ORDER BY created DESC, uuid ASC LIMIT ?"
-        rows = self._run(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
-        return [json.loads(row[0]) for row in rows]
+        sql = f"SELECT uuid, {_JOB} FROM jobs{where} ORDER BY created DESC, uuid ASC LIMIT ?"
 
-    def commit_event(self, uuid: str, from_state: str, to_state: str, entry: dict) -> dict | None:
-        """One compare-and-set: visible job in ``from_state`` → ``to_state``, ``entry`` appended."""
-        check_uuid(uuid, "job uuid")
-        check_uuid(from_state, "from_state")
-        check_uuid(to_state, "to_state")
-        entry = json.loads(_dumps(check_entry(entry)))
-        key = entry.get("key")
+        def read(conn: sqlite3.Connection) -> list[dict]:
+            rows = conn.execute(sql, (*params, limit)).fetchall()
+            histories = _histories(conn, [row[0] for row in rows])
+            records = []
+            for row in rows:
+                record = _job(row[1:])
+                record["history"] = histories[row[0]]
+                records.append(record)
+            return records
 
-        def compare_and_set(conn: sqlite3.Connection) -> dict | None:
-            row = conn.execute("SELECT body FROM jobs WHERE uuid = ? AND visible = 1 AND state = ?",
-                               (uuid, from_state)).fetchone()
-            if row is None:
-                return None
-            record = json.loads(row[0])
-            if key is not None and any(h.get("key") == key for h in record.get("history", ())):
-                return None
-            record.update(state=to_state, last_event=entry["name"], updated=entry["date"],
-                          revision=record.get("revision", 0) + 1)
-            record.setdefault("history", []).append(entry)
-            conn.execute("UPDATE jobs SET state = ?, revision = ?, body = ? WHERE uuid = ?",
-                         (to_state, record["revision"], _dumps(record), uuid))
-            return record
+        return self._read(read)
 
-        return self._write(compare_and_set)
+    def commit_event(self, uuid: str, from_state: str, to_state: str, entry: dict,
+                     with_history: bool = True) -> dict | None:
+        """One compare-and-set: visible job in ``from_state`` → ``to_state``, ``entry`` appended.
 
-    def commit_events(self, changes: Iterable[tuple[str, str, str, dict]]) -> list[dict | None]:
+        In one transaction: the duplicate-key check on the history's unique index, a
+        conditional UPDATE of the job's columns, one INSERT of the entry. The record's body is
+        never rewritten, so the cost does not grow with the history.
+        """
+        check_state_change(uuid, from_state, to_state, entry)
+        check_flag(with_history, "with_history")
+        text = _dumps(entry)
+        return self._write(lambda conn: _compare_and_set(conn, uuid, from_state, to_state,
+                                                         entry, text, with_history))
+
+    def commit_events(self, changes: Iterable[tuple[str, str, str, dict]],
+                      with_history: bool = True) -> list[dict | None]:
         """Group commit: ``commit_event`` for each change (distinct jobs), in ONE transaction.
 
         Each change keeps its own compare-and-set (state and duplicate key checked inside the
@@ -406,60 +450,36 @@ class SqliteJobStore(JobStore):
         lock and one fsync instead of one per change. Malformed input refuses the whole batch
         before anything is written.
         """
-        batch = [(uuid, from_state, to_state, json.loads(_dumps(entry)))
-                 for uuid, from_state, to_state, entry in check_changes(changes)]
+        batch = [(*change, _dumps(change[3])) for change in check_changes(changes)]
+        check_flag(with_history, "with_history")
         if not batch:
             return []
-
-        def compare_and_set_all(conn: sqlite3.Connection) -> list[dict | None]:
-            bodies: dict[str, str] = {}
-            uuids = [change[0] for change in batch]
-            for start in range(0, len(uuids), _IN_CHUNK):
-                chunk = uuids[start:start + _IN_CHUNK]
-                marks = ", ".join("?" * len(chunk))
-                rows = conn.execute(f"SELECT uuid, body FROM jobs WHERE visible = 1 AND uuid IN "
-                                    f"({marks})", chunk).fetchall()
-                bodies.update(rows)
-            results: list[dict | None] = []
-            updates = []
-            for uuid, from_state, to_state, entry in batch:
-                body = bodies.get(uuid)
-                record = json.loads(body) if body is not None else None
-                key = entry.get("key")
-                if record is None or record.get("state") != from_state or (
-                        key is not None and any(h.get("key") == key
-                                                for h in record.get("history", ()))):
-                    results.append(None)
-                    continue
-                record.update(state=to_state, last_event=entry["name"], updated=entry["date"],
-                              revision=record.get("revision", 0) + 1)
-                record.setdefault("history", []).append(entry)
-                updates.append((to_state, record["revision"], _dumps(record), uuid))
-                results.append(record)
-            conn.executemany("UPDATE jobs SET state = ?, revision = ?, body = ? WHERE uuid = ?",
-                             updates)
-            return results
-
-        return self._write(compare_and_set_all)
+        return self._write(lambda conn: [
+            _compare_and_set(conn, uuid, from_state, to_state, entry, text, with_history)
+            for uuid, from_state, to_state, entry, text in batch])
 
     def delete_job(self, uuid: str, force: bool = True,
                    only_if_revision: int | None = None) -> bool:
-        """Hard-delete the job and unlink its uuid everywhere (``force``), or hide it."""
+        """Hard-delete the job, its history and its uuid everywhere (``force``), or hide it."""
         check_uuid(uuid, "job uuid")
         check_delete(force, only_if_revision)
 
         def delete(conn: sqlite3.Connection) -> bool:
-            sql = "SELECT revision, body FROM jobs WHERE uuid = ?" + \
-                ("" if force else " AND visible = 1")
-            row = conn.execute(sql, (uuid,)).fetchone()
-            if row is None or (only_if_revision is not None and row[0] != only_if_revision):
-                return False
             if not force:
-                record = json.loads(row[1])
+                row = conn.execute(f"SELECT revision, {_JOB} FROM jobs WHERE uuid = ? AND "
+                                   "visible = 1", (uuid,)).fetchone()
+                if row is None or (only_if_revision is not None and row[0] != only_if_revision):
+                    return False
+                # The body is rewritten as the record now is (hidden), columns included.
+                record = _job(row[1:])
                 record["_visible"] = False
                 conn.execute("UPDATE jobs SET visible = 0, body = ? WHERE uuid = ?",
                              (_dumps(record), uuid))
                 return True
+            row = conn.execute("SELECT revision FROM jobs WHERE uuid = ?", (uuid,)).fetchone()
+            if row is None or (only_if_revision is not None and row[0] != only_if_revision):
+                return False
+            conn.execute("DELETE FROM history WHERE job_uuid = ?", (uuid,))
             conn.execute("DELETE FROM jobs WHERE uuid = ?", (uuid,))
             self._unlink_everywhere(conn, uuid)
             return True
@@ -470,7 +490,7 @@ class SqliteJobStore(JobStore):
     def _unlink_everywhere(conn: sqlite3.Connection, uuid: str) -> None:
         # instr() narrows the scan to rows whose text mentions the uuid at all (spelled as JSON
         # spells it); unlink() then looks only at the linkage fields, so the uuid quoted
-        # elsewhere (e.g. in data) stays.
+        # elsewhere (e.g. in data) stays. History rows hold no linkage fields: never scanned.
         needle = _dumps(uuid)[1:-1]
         for table, key_columns in (("jobs", ("uuid",)), ("pipelines", ("uuid",)),
                                    ("documents", ("collection", "uuid"))):

@@ -71,7 +71,7 @@ KEYS: tuple[Key, ...] = (
         "job uuid, one single-active consumer each (0 = one shared main queue)",
         lambda v: v >= 0),
     Key("prefetch", int, 100, "Unacknowledged deliveries per consumer", _positive),
-    Key("batch_size", int, 1, "Group commit: up to this many deliveries are committed in one "
+    Key("batch_size", int, 50, "Group commit: up to this many deliveries are committed in one "
         "store write (one compare-and-set per job) and acknowledged with one multiple-ack after "
         "it; 1 = one commit per message; capped at prefetch", lambda v: 1 <= v <= 1000),
     Key("batch_wait_ms", int, 0, "Group commit: how long a partial batch waits for more "

@@ -40,6 +40,20 @@ def wait_until(condition, timeout_s: float, what: str, interval_s: float = 0.2):
         time.sleep(interval_s)
 
 
+def while_running(condition, *procs: subprocess.Popen):
+    """``condition`` for ``wait_until`` that fails at once, with the log's tail, as soon as one
+    of the consumers ``procs`` has exited (instead of waiting out the deadline)."""
+    def check():
+        for proc in procs:
+            if proc.poll() is not None:
+                log = getattr(proc, "log_path", None)
+                tail = Path(log).read_text(errors="replace")[-3000:] if log else ""
+                raise AssertionError(f"consumer {proc.pid} exited with code {proc.returncode} "
+                                     f"while the test waited; its log ends:\n{tail}")
+        return condition()
+    return check
+
+
 # --------------------------------------------------------------------------------- setup
 @dataclass
 class QueueSetup:
@@ -123,9 +137,45 @@ class QueueSetup:
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 60) -> int:
-    """SIGTERM a consumer and return its exit code."""
+    """SIGTERM a consumer and return its exit code (a frozen one is thawed to receive it)."""
     proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)  # a no-op unless ``freeze`` stopped it
     return proc.wait(timeout=timeout_s)
+
+
+def freeze(proc: subprocess.Popen) -> None:
+    """SIGSTOP a consumer: it keeps its connection and the deliveries it holds, and does nothing.
+
+    Fault tests freeze a consumer, publish more work, and only then inject the fault (kill,
+    SIGTERM, broker restart): the fault is then sure to meet ready and unacknowledged messages
+    however fast the consumer drains, and the fault's moment is still the consumer's own.
+    """
+    assert proc.poll() is None, f"consumer {proc.pid} exited (code {proc.returncode}) before " \
+        "it could be frozen"
+    proc.send_signal(signal.SIGSTOP)
+    # SIGSTOP is asynchronous: wait until the kernel reports the process stopped ("T").
+    wait_until(lambda: _proc_state(proc.pid) == "T", 30, f"consumer {proc.pid} to stop",
+               interval_s=0.01)
+
+
+def thaw(proc: subprocess.Popen) -> None:
+    """SIGCONT a frozen consumer."""
+    proc.send_signal(signal.SIGCONT)
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None  # gone
+    return stat.rpartition(")")[2].split()[0]
+
+
+def wait_subscribed(setup: "QueueSetup", name: str = "consumer", count: int = 1,
+                    timeout_s: float = 60) -> None:
+    """Wait until the consumers called ``name`` have logged ``count`` subscriptions in all."""
+    wait_until(lambda: setup.logs(name).count("consuming from") >= count, timeout_s,
+               f"consumer {name!r} to subscribe")
 
 
 # --------------------------------------------------------------------------------- broker
@@ -249,6 +299,12 @@ class Workload:
     @property
     def sent(self) -> int:
         return len(self.messages)
+
+    def steps(self, first: int, end: int) -> "Workload":
+        """The messages of steps ``first`` to ``end - 1`` of every job (same jobs and oracle):
+        publishing consecutive parts one after the other keeps each job's events in order."""
+        n = len(self.jobs)
+        return Workload(self.jobs, self.per_job, self.messages[first * n:end * n])
 
     def publish(self, setup: QueueSetup) -> None:
         report = publish(setup.amqp_url, setup.topology, self.messages)

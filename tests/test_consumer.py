@@ -147,22 +147,34 @@ def test_out_of_order_arrival_applied_after_delayed_retry(setup):
 
 
 class PoisonPipeline:
-    """The real pipeline, except that a body containing "poison" makes it raise."""
+    """The real pipeline, except that a body containing "poison" makes it raise (on the
+    one-by-one path and on the group-commit path alike)."""
 
     def __init__(self, pipeline: Pipeline):
         self.pipeline = pipeline
+
+    def __getattr__(self, name):  # what group commit uses besides: jobs, apply, finish
+        return getattr(self.pipeline, name)
 
     def process(self, body, message_id=None, params=None):
         if b"poison" in body:
             raise RuntimeError("simulated bug while processing")
         return self.pipeline.process(body, message_id, params)
 
+    def prepare(self, body, message_id=None, params=None):
+        if b"poison" in body:
+            raise RuntimeError("simulated bug while processing")
+        return self.pipeline.prepare(body, message_id, params)
 
-def test_poison_message_is_dead_lettered_after_attempt_cap_and_consumer_keeps_running(setup):
+
+@pytest.mark.parametrize("batch_size", [1, 50], ids=["one-by-one", "group-commit"])
+def test_poison_message_is_dead_lettered_after_attempt_cap_and_consumer_keeps_running(
+        setup, batch_size):
     (uuid, token), = make_jobs(setup.app, 1, "poison")
     app = setup.app
     consumer = Consumer(PoisonPipeline(Pipeline.from_app(app)), app.store.ping, setup.amqp_url,
-                        setup.topology, 10, Limits(max_attempts=3, transition_retries=0))
+                        setup.topology, 10, Limits(max_attempts=3, transition_retries=0),
+                        batch_size=batch_size)
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("code", consumer.run(False)))
     thread.start()

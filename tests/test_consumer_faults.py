@@ -1,5 +1,11 @@
 """The consumer under faults, as a real ``reactor consume`` subprocess: kill -9, broker restart,
-store outage, SIGTERM, several consumers. Every test states its counts when it fails."""
+store outage, SIGTERM, several consumers. Every test states its counts when it fails.
+
+No test depends on how fast the consumer drains: a fault is made to meet work by publishing
+part of the workload while the consumer is frozen (SIGSTOP) or the store is down, never by
+hoping the consumer is still busy when the fault arrives. The key tests run with one commit per
+message (``batch_size: 1``) and with group commit (``batch_size: 50``, the default).
+"""
 from __future__ import annotations
 
 import json
@@ -10,10 +16,14 @@ import time
 import pytest
 
 from conftest import missing
-from queue_helpers import (PrivateBroker, QueueSetup, Workload, count_lines, make_jobs,
-                           queue_depth, start_private_ferretdb, stop, total_depth, wait_until)
+from queue_helpers import (PrivateBroker, QueueSetup, Workload, count_lines, freeze, make_jobs,
+                           queue_depth, start_private_ferretdb, stop, thaw, total_depth,
+                           wait_subscribed, wait_until, while_running)
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.mongo]
+
+# One commit per message, and group commit (the default batch size).
+BATCH_SIZES = pytest.mark.parametrize("batch_size", [1, 50], ids=["one-by-one", "group-commit"])
 
 
 @pytest.fixture
@@ -36,10 +46,11 @@ def _main_depth(setup: QueueSetup) -> int:
     return total_depth(setup.amqp_url, setup.topology.main_queues)
 
 
-def _finish(setup: QueueSetup, work: Workload, timeout_s: float = 300) -> None:
-    """Wait until the queues are empty and every event is in the store."""
-    wait_until(lambda: _main_depth(setup) == 0, timeout_s, "the main queue to drain")
-    wait_until(lambda: work.applied(setup.app) == work.sent, timeout_s,
+def _finish(setup: QueueSetup, work: Workload, *procs, timeout_s: float = 300) -> None:
+    """Wait until the queues are empty and every event is in the store (while ``procs`` run)."""
+    wait_until(while_running(lambda: _main_depth(setup) == 0, *procs), timeout_s,
+               "the main queue to drain")
+    wait_until(while_running(lambda: work.applied(setup.app) == work.sent, *procs), timeout_s,
                f"all {work.sent} events applied", interval_s=1.0)
 
 
@@ -55,23 +66,34 @@ def test_kill_9_at_random_moments_gives_exactly_once_in_order_effects(setup):
     rng = random.Random(seed)
     work = Workload.build(make_jobs(setup.app, 100, "crash"), 50)
     assert work.sent == 5000
-    work.publish(setup)
+    # Seven parts of the 50 steps. The consumer drains to a random point of its backlog, is
+    # frozen there, the next part is published, and only then is it killed: each kill meets
+    # ready and unacknowledged messages (and possibly a commit not yet acked), however fast the
+    # consumer is. Parts are published in step order, so every job's events stay in order.
+    bounds = [0, 8, 15, 22, 29, 36, 43, 50]
+    parts = [work.steps(a, b) for a, b in zip(bounds, bounds[1:])]
+    parts[0].publish(setup)
     queue = setup.names["queue"]
-    kills = 0
+    ready_at_kills: list[int] = []
     proc = setup.start_consumer()
-    for threshold in sorted(rng.sample(range(300, 4700), 6), reverse=True):
-        wait_until(lambda: queue_depth(setup.amqp_url, queue) <= threshold, 300,
-                   f"progress below {threshold} ready messages (kill {kills + 1})")
+    for part in parts[1:]:
+        threshold = rng.randrange(max(1, queue_depth(setup.amqp_url, queue)))
+        wait_until(while_running(lambda: queue_depth(setup.amqp_url, queue) <= threshold,
+                                 proc), 300,
+                   f"progress below {threshold} ready messages (kill {len(ready_at_kills) + 1})")
         time.sleep(rng.uniform(0, 0.4))
+        freeze(proc)
+        part.publish(setup)
+        ready_at_kills.append(queue_depth(setup.amqp_url, queue))
         proc.kill()  # SIGKILL: no drain, no goodbye; unacked deliveries return to the queue
         proc.wait()
-        kills += 1
         proc = setup.start_consumer()
-    _finish(setup, work)
+    _finish(setup, work, proc)
     code = stop(proc)
-    counts = _counts(setup, work, seed=seed, kills=kills)
+    counts = _counts(setup, work, seed=seed, kills=len(ready_at_kills),
+                     ready_at_kills=ready_at_kills)
     assert code == 0, counts
-    assert kills >= 5, counts
+    assert len(ready_at_kills) == 6 and min(ready_at_kills) > 0, counts
     work.check(setup.app, counts)
     _assert_clean(setup, counts)
 
@@ -91,23 +113,36 @@ def private_broker(tmp_path_factory):
 
 
 @pytest.mark.slow
+@BATCH_SIZES
 def test_broker_restart_mid_run_reconnects_and_loses_nothing(private_broker, mongo_store_uri,
-                                                             tmp_path):
-    setup = QueueSetup(private_broker.url, mongo_store_uri, tmp_path)
+                                                             tmp_path, batch_size):
+    setup = QueueSetup(private_broker.url, mongo_store_uri, tmp_path,
+                       overrides={"batch_size": batch_size})
     try:
         work = Workload.build(make_jobs(setup.app, 20, "restart"), 40)
-        work.publish(setup)
+        first, second = work.steps(0, 20), work.steps(20, 40)
+        first.publish(setup)
         proc = setup.start_consumer()
         queue = setup.names["queue"]
-        wait_until(lambda: queue_depth(setup.amqp_url, queue) <= work.sent - 300, 120,
-                   "some progress before the restart")
+        wait_until(while_running(lambda: queue_depth(setup.amqp_url, queue) <= first.sent - 150,
+                                 proc), 120, "some progress before the restart")
+        # Frozen, the consumer keeps the deliveries it holds while the rest of the workload is
+        # queued and the broker goes down: the restart is sure to meet messages in flight.
+        freeze(proc)
+        second.publish(setup)
+        ready = queue_depth(setup.amqp_url, queue)
         private_broker.stop()
+        thaw(proc)  # it finds its connection gone and retries while the broker is down
+        wait_until(lambda: "reconnecting in" in setup.logs(), 60,
+                   "the consumer to notice the broker is gone")
         private_broker.start()
-        _finish(setup, work)
+        _finish(setup, work, proc)
         code = stop(proc)
         logs = setup.logs()
-        counts = _counts(setup, work, connects=logs.count("INFO reactor.transport connected"))
+        counts = _counts(setup, work, ready_at_restart=ready,
+                         connects=logs.count("transport connected to"))
         assert code == 0, counts
+        assert ready > 0, counts
         assert "reconnecting in" in logs and logs.count("transport connected to") >= 2, counts
         work.check(setup.app, counts)
         _assert_clean(setup, counts)
@@ -116,36 +151,51 @@ def test_broker_restart_mid_run_reconnects_and_loses_nothing(private_broker, mon
 
 
 @pytest.mark.slow
-def test_store_outage_pauses_consuming_and_resumes_without_loss(amqp_url, tmp_path):
+@BATCH_SIZES
+def test_store_outage_pauses_consuming_and_resumes_without_loss(amqp_url, tmp_path,
+                                                                batch_size):
     ferret = start_private_ferretdb(tmp_path / "ferretdb")
     setup = QueueSetup(amqp_url, ferret.uri, tmp_path,
-                       overrides={"server_selection_timeout_ms": 500})
+                       overrides={"server_selection_timeout_ms": 500, "batch_size": batch_size})
     try:
         work = Workload.build(make_jobs(setup.app, 10, "outage"), 40)
-        work.publish(setup)
+        first, second = work.steps(0, 20), work.steps(20, 40)
+        first.publish(setup)
         health = tmp_path / "health.json"
         proc = setup.start_consumer("--health-file", str(health), "--health-interval", "0.2")
         queue = setup.names["queue"]
-        wait_until(lambda: queue_depth(setup.amqp_url, queue) <= work.sent - 150, 120,
-                   "some progress before the outage")
+        wait_until(while_running(lambda: first.applied(setup.app) == first.sent, proc), 120,
+                   "the first half applied before the outage")
+        # The rest arrives during the outage, so the outage meets work however fast the first
+        # half went.
         ferret.stop()
         stopped = time.monotonic()
+        second.publish(setup)
 
         def status():
             try:
                 return json.loads(health.read_text())["status"]
             except (OSError, ValueError):
                 return None
-        wait_until(lambda: status() == "paused", 60, "the consumer to pause")
+        wait_until(while_running(lambda: status() == "paused", proc), 60,
+                   "the consumer to pause")
+        # Paused: it took some deliveries (held, unacked) and stopped taking more.
         held = queue_depth(setup.amqp_url, queue)
+        forwarded = total_depth(setup.amqp_url, [setup.names["dead_letter_queue"],
+                                                 setup.names["retry_queue"]])
         time.sleep(max(0.0, 10 - (time.monotonic() - stopped)))  # the outage lasts 10 s
         assert proc.poll() is None, "the consumer must ride out a store outage"
+        outage = f"sent={work.sent} second_half={second.sent} ready_while_paused={held} " \
+                 f"dead_or_retried_while_paused={forwarded}"
+        assert 0 < held < second.sent, outage
+        assert forwarded == 0, f"nothing may be given up while the store is down: {outage}"
         ferret.start()
-        wait_until(lambda: status() == "consuming", 60, "the consumer to resume")
-        _finish(setup, work)
+        wait_until(while_running(lambda: status() == "consuming", proc), 60,
+                   "the consumer to resume")
+        _finish(setup, work, proc)
         code = stop(proc)
         logs = setup.logs()
-        counts = _counts(setup, work, ready_during_outage=held)
+        counts = _counts(setup, work, ready_while_paused=held)
         assert code == 0, counts
         assert "paused consuming" in logs and "resuming" in logs, counts
         work.check(setup.app, counts)
@@ -155,13 +205,20 @@ def test_store_outage_pauses_consuming_and_resumes_without_loss(amqp_url, tmp_pa
         ferret.stop()
 
 
-def test_sigterm_drains_cleanly_and_nothing_is_lost_or_duplicated(setup):
+@BATCH_SIZES
+def test_sigterm_drains_cleanly_and_nothing_is_lost_or_duplicated(setup, batch_size):
+    setup.overrides["batch_size"] = batch_size
     work = Workload.build(make_jobs(setup.app, 20, "term"), 30)
-    work.publish(setup)
+    first, second = work.steps(0, 15), work.steps(15, 30)
+    first.publish(setup)
     proc = setup.start_consumer()
     queue = setup.names["queue"]
-    wait_until(lambda: queue_depth(setup.amqp_url, queue) <= work.sent - 250, 120,
-               "some progress before SIGTERM")
+    wait_until(while_running(lambda: queue_depth(setup.amqp_url, queue) <= first.sent - 150,
+                             proc), 120, "some progress before SIGTERM")
+    # SIGTERM reaches a frozen consumer that holds deliveries with more queued behind them:
+    # what it was doing at the freeze it finishes and acks, the rest must go back.
+    freeze(proc)
+    second.publish(setup)
     code = stop(proc)
     applied, ready = work.applied(setup.app), total_depth(setup.amqp_url, setup.queue_names())
     counts = f"sent={work.sent} applied={applied} back_in_queue={ready}"
@@ -170,7 +227,7 @@ def test_sigterm_drains_cleanly_and_nothing_is_lost_or_duplicated(setup):
     # In-flight work was finished and acked; the rest went back: each event in exactly one place.
     assert applied + ready == work.sent and ready > 0, counts
     proc = setup.start_consumer()
-    _finish(setup, work)
+    _finish(setup, work, proc)
     assert stop(proc) == 0
     counts = _counts(setup, work)
     assert count_lines(setup.logs(), "duplicate:") == 0, counts
@@ -178,21 +235,29 @@ def test_sigterm_drains_cleanly_and_nothing_is_lost_or_duplicated(setup):
     _assert_clean(setup, counts)
 
 
-def test_partitioned_consumers_keep_per_job_order_as_consumers_are_added(setup):
+@BATCH_SIZES
+def test_partitioned_consumers_keep_per_job_order_as_consumers_are_added(setup, batch_size):
     setup.partitions = 4
+    setup.overrides["batch_size"] = batch_size
     work = Workload.build(make_jobs(setup.app, 24, "parts"), 25)
-    work.publish(setup)
+    first, second = work.steps(0, 12), work.steps(12, 25)
+    first.publish(setup)
     a = setup.start_consumer("--partitions", "4", "--member", "0/1", name="a")
-    wait_until(lambda: _main_depth(setup) <= work.sent - 200, 120, "consumer A under way")
+    wait_until(while_running(lambda: work.applied(setup.app) > 0, a), 120,
+               "consumer A under way", interval_s=0.5)
     # Scale out from one consumer to three: B and C subscribe first (standby: single active
     # consumer), then A restarts with its smaller share; B and C take over where A left off.
     b = setup.start_consumer("--partitions", "4", "--member", "1/3", name="b")
     c = setup.start_consumer("--partitions", "4", "--member", "2/3", name="c")
-    wait_until(lambda: "consuming from" in setup.logs("b") and "consuming from" in
-               setup.logs("c"), 60, "B and C subscribed")
+    wait_subscribed(setup, "b")
+    wait_subscribed(setup, "c")
+    # A is frozen while the rest is published, so B's and C's partitions still hold work when
+    # A hands them over, however fast A was.
+    freeze(a)
+    second.publish(setup)
     assert stop(a) == 0
     a = setup.start_consumer("--partitions", "4", "--member", "0/3", name="a")
-    _finish(setup, work)
+    _finish(setup, work, a, b, c)
     codes = [stop(p) for p in (a, b, c)]
     logs = {n: setup.logs(n) for n in "abc"}
     applied = {n: count_lines(t, "applied:") for n, t in logs.items()}
@@ -207,14 +272,19 @@ def test_partitioned_consumers_keep_per_job_order_as_consumers_are_added(setup):
     _assert_clean(setup, counts)
 
 
-def test_three_competing_consumers_lose_no_update(setup):
-    setup.overrides.update(prefetch=5)
+@BATCH_SIZES
+def test_three_competing_consumers_lose_no_update(setup, batch_size):
+    setup.overrides.update(prefetch=5, batch_size=batch_size)
     # Updates are allowed from CREATED in any order, so three consumers race on four jobs and
     # every race is settled by the compare-and-set.
     work = Workload.build(make_jobs(setup.app, 4, "cas"), 150, names=["update"] * 150)
-    work.publish(setup)
     procs = [setup.start_consumer(name=f"w{i}") for i in range(3)]
-    _finish(setup, work)
+    for i in range(3):
+        wait_subscribed(setup, f"w{i}")
+    # Published only once all three subscribed: the broker deals the messages out among them,
+    # so they compete however fast each one is.
+    work.publish(setup)
+    _finish(setup, work, *procs)
     codes = [stop(p) for p in procs]
     applied = {f"w{i}": count_lines(setup.logs(f"w{i}"), "applied:") for i in range(3)}
     counts = f"sent={work.sent} applied_by={applied}"

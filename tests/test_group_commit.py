@@ -462,52 +462,64 @@ def test_a_bad_batch_size_is_a_start_up_error_naming_the_key():
                  Limits(), batch_size=0)
 
 
+class CountingStore:
+    """A real store that counts the commits made through it, one by one or in batches."""
+
+    def __init__(self, store):
+        self.store = store
+        self.calls = {"commit_event": 0, "commit_events": 0, "batched_changes": 0}
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def commit_event(self, *args, **kwargs):
+        self.calls["commit_event"] += 1
+        return self.store.commit_event(*args, **kwargs)
+
+    def commit_events(self, changes, *args, **kwargs):
+        self.calls["commit_events"] += 1
+        self.calls["batched_changes"] += len(changes)
+        return self.store.commit_events(changes, *args, **kwargs)
+
+
 @pytest.mark.rabbitmq
-@pytest.mark.slow
-def test_consumer_group_commit_rides_out_a_store_outage_without_loss(amqp_url, tmp_path):
-    """The outage starts while the consumer is idle and the next messages arrive during it, so
-    the test does not depend on how fast the consumer is."""
-    import json as _json
-    import time
+@pytest.mark.parametrize("batch_size", [1, None], ids=["batch_size-1", "default"])
+def test_batch_size_one_commits_each_message_alone_and_the_default_groups_them(
+        amqp_url, sqlite_uri, tmp_path, batch_size):
+    import threading
 
-    from queue_helpers import (QueueSetup, Workload, make_jobs, queue_depth,
-                               start_private_ferretdb, stop, total_depth, wait_until)
+    from queue_helpers import QueueSetup, Workload, make_jobs, total_depth, wait_until
+    from reactor.consumer import Consumer, Limits
+    from reactor.jobs import Jobs
 
-    ferret = start_private_ferretdb(tmp_path / "ferretdb")
-    setup = QueueSetup(amqp_url, ferret.uri, tmp_path,
-                       overrides={"server_selection_timeout_ms": 500, "batch_size": 50})
+    setup = QueueSetup(amqp_url, sqlite_uri, tmp_path)
     try:
-        work = Workload.build(make_jobs(setup.app, 10, "outage"), 20)
-        half = len(work.messages) // 2  # steps 0-9 of every job, then steps 10-19
-        first = Workload(work.jobs, work.per_job, work.messages[:half])
-        second = Workload(work.jobs, work.per_job, work.messages[half:])
-        health = tmp_path / "health.json"
-        first.publish(setup)
-        proc = setup.start_consumer("--health-file", str(health), "--health-interval", "0.2")
-        wait_until(lambda: first.applied(setup.app) == half, 120, "the first half applied")
-        ferret.stop()
-
-        def status():
-            try:
-                return _json.loads(health.read_text())["status"]
-            except (OSError, ValueError):
-                return None
-        second.publish(setup)
-        wait_until(lambda: status() == "paused", 60, "the consumer to pause")
-        time.sleep(2)  # the outage goes on for a while; nothing may be acked meanwhile
-        assert proc.poll() is None, "the consumer must ride out a store outage"
-        assert total_depth(setup.amqp_url, [setup.names["dead_letter_queue"],
-                                            setup.names["retry_queue"]]) == 0
-        ferret.start()
-        wait_until(lambda: status() == "consuming", 60, "the consumer to resume")
-        wait_until(lambda: queue_depth(setup.amqp_url, setup.names["queue"]) == 0, 120,
-                   "the queue to drain")
-        wait_until(lambda: work.applied(setup.app) == work.sent, 120, "every event applied")
-        assert stop(proc) == 0
-        logs = setup.logs()
-        assert "paused consuming" in logs and "resuming" in logs
-        work.check(setup.app, f"sent={work.sent}")
-        assert total_depth(setup.amqp_url, setup.queue_names()) == 0
+        app = setup.app
+        size = batch_size or app.settings.batch_size
+        work = Workload.build(make_jobs(app, 8, "paths"), 6)
+        work.publish(setup)
+        store = CountingStore(app.store)
+        pipeline = Pipeline(Jobs(store, app.authority), app.settings.max_message_bytes)
+        consumer = Consumer(pipeline, store.ping, setup.amqp_url, setup.topology,
+                            app.settings.prefetch, Limits.from_settings(app.settings),
+                            batch_size=size)
+        thread = threading.Thread(target=consumer.run, args=(False,))
+        thread.start()
+        try:
+            wait_until(lambda: consumer.counts["applied"] == work.sent, 60, "every event acked")
+        finally:
+            consumer.request_stop()
+            thread.join(60)
+        counts = f"sent={work.sent} batch_size={size} counts={dict(consumer.counts)} " \
+                 f"store_calls={store.calls}"
+        work.check(app, counts)
+        assert total_depth(setup.amqp_url, setup.queue_names()) == 0, counts
+        if batch_size == 1:  # the one-by-one path: one compare-and-set write per message
+            assert store.calls == {"commit_event": work.sent, "commit_events": 0,
+                                   "batched_changes": 0}, counts
+        else:  # group commit is the default: every event went to the store in a batch
+            assert size > 1, counts
+            assert store.calls["commit_event"] == 0, counts
+            assert store.calls["batched_changes"] == work.sent, counts
     finally:
         setup.close()
-        ferret.stop()

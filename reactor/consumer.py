@@ -329,9 +329,10 @@ class Consumer:
             self.metrics.in_flight.dec(count)
 
     def _observe(self, delivery: Delivery, outcome: Outcome, attempt: int,
-                 action: str) -> dict:
+                 action: str, latency: float | None = None) -> dict:
         """Count the outcome in the metrics; the structured log fields of the message."""
-        latency = time.perf_counter() - self._taken_at
+        if latency is None:
+            latency = time.perf_counter() - self._taken_at
         if self.metrics is not None:
             self.metrics.observe(outcome, latency)
             self._update_gauges()  # a scrape right after this message sees them current
@@ -369,19 +370,19 @@ class Consumer:
             log.error("group commit of %d deliveries raised %s; processing them one by one",
                       len(deliveries), mask_text("".join(traceback.format_exception(exc))))
             outcomes = [None] * len(deliveries)
-        acks = []
+        acks, books = [], []
         for delivery, outcome in zip(deliveries, outcomes):
             if outcome is None:
                 continue
             attempt = attempt_number(delivery)
             action = decide(outcome, attempt, self.limits)
             if action.kind == ACK:
-                self._count_ack(delivery, outcome)
+                books.append(self._acked(delivery, outcome, attempt))
                 acks.append(delivery)
             else:  # a copy to the retry or dead-letter queue, acked on its own confirm
                 self._settle(delivery, action, attempt, outcome)
         if acks:
-            self.transport.ack_many(acks)
+            self.transport.ack_many(acks, after=lambda: [book() for book in books])
         for delivery, outcome in zip(deliveries, outcomes):
             if outcome is None and not self._stop.is_set():
                 self._handle(delivery)
@@ -401,12 +402,18 @@ class Consumer:
 
     def _process(self, delivery: Delivery) -> Outcome | None:
         """The outcome, after quick in-process retries of transient (retry) outcomes."""
-        retrying = Retrying(
-            stop=stop_after_attempt(self.limits.local_retries) | stop_when_event_set(self._stop),
-            wait=_backoff(0.1, self.limits.local_wait_max_s),
-            retry=retry_if_result(lambda o: o.kind == RETRY and o.reason != INTERNAL_ERROR),
-            sleep=self._stop.wait, retry_error_callback=lambda state: state.outcome.result())
-        outcome = retrying(self._process_once, delivery)
+        outcome = self._process_once(delivery)
+        if outcome.kind == RETRY and outcome.reason != INTERNAL_ERROR:
+            # Only a transient failure pays for the retry machinery; its first try is the one
+            # just made, so the number of tries and the backoff are the configured ones.
+            tries = [outcome]
+            retrying = Retrying(
+                stop=stop_after_attempt(self.limits.local_retries)
+                | stop_when_event_set(self._stop),
+                wait=_backoff(0.1, self.limits.local_wait_max_s),
+                retry=retry_if_result(lambda o: o.kind == RETRY and o.reason != INTERNAL_ERROR),
+                sleep=self._stop.wait, retry_error_callback=lambda state: state.outcome.result())
+            outcome = retrying(lambda: tries.pop() if tries else self._process_once(delivery))
         if outcome.kind == RETRY and self._stop.is_set():
             return None
         return outcome
@@ -448,17 +455,24 @@ class Consumer:
         self.transport.resume()
         return not self._stop.is_set()
 
-    def _count_ack(self, delivery: Delivery, outcome: Outcome) -> None:
-        self.counts[outcome.label] += 1
-        extra = self._observe(delivery, outcome, attempt_number(delivery), ACK)
-        log.info("%s: %s (message id %s)", outcome.label, mask_text(outcome.detail),
-                 delivery.message_id, extra=extra)
+    def _acked(self, delivery: Delivery, outcome: Outcome,
+               attempt: int) -> Callable[[], None]:
+        """The bookkeeping of a delivery being acked (its count, metrics and log line), to run
+        on the IO thread right after the ack: the worker meanwhile starts on the next
+        delivery, and the IO thread mostly runs while the worker waits for the store."""
+        latency = time.perf_counter() - self._taken_at
+
+        def book() -> None:
+            self.counts[outcome.label] += 1
+            extra = self._observe(delivery, outcome, attempt, ACK, latency)
+            log.info("%s: %s (message id %s)", outcome.label, mask_text(outcome.detail),
+                     delivery.message_id, extra=extra)
+        return book
 
     def _settle(self, delivery: Delivery, action: Action, attempt: int,
                 outcome: Outcome) -> None:
         if action.kind == ACK:
-            self._count_ack(delivery, outcome)
-            self.transport.ack(delivery)
+            self.transport.ack(delivery, after=self._acked(delivery, outcome, attempt))
             return
         self.counts[f"{action.kind}:{action.reason}"] += 1
         props = forwarded_properties(delivery, action, attempt, outcome.label)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import secrets
+import random
 import uuid as _uuid
 from typing import Any, Iterable
 
@@ -62,7 +62,9 @@ def pipeline_uuid(name: str) -> str:
 
 def history_uuid() -> str:
     """A fresh random uuid (prefix 108) for one history entry."""
-    return typed_uuid("pipelinejob_event", secrets.token_hex(16))  # 128 random bits
+    # 128 random bits make it unique; nothing about it is secret, so the module PRNG (seeded
+    # from the OS, reseeded in forked children) serves, without a getrandom call per event.
+    return typed_uuid("pipelinejob_event", f"{random.getrandbits(128):032x}")
 
 
 def check_typed(value: Any, kind: str) -> str:

@@ -25,6 +25,7 @@ FIELDS_ATTR = "fields"
 _MARK = "_reactor_logs"
 # Field names whose values are secrets: shown masked whatever they hold.
 _SECRET_FIELDS = frozenset({"token", "authorization", "password", "secret"})
+_PLAIN = (bool, int, float)
 
 
 def _clean(value: Any) -> Any:
@@ -36,8 +37,18 @@ def _clean(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, (dict, Mapping)):
-        return {str(k): (mask(v) if str(k).lower() in _SECRET_FIELDS else _clean(v))
-                for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            name = k if type(k) is str else str(k)
+            if name.lower() in _SECRET_FIELDS:
+                out[name] = mask(v)
+            elif type(v) is str:  # the common case, without another call
+                out[name] = mask_text(v)
+            elif v is None or type(v) in _PLAIN:
+                out[name] = v
+            else:
+                out[name] = _clean(v)
+        return out
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return mask_text(str(value))
@@ -49,9 +60,19 @@ def record_fields(record: logging.LogRecord) -> dict:
     return _clean(fields) if isinstance(fields, Mapping) else {}
 
 
+_last_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    moment = datetime.fromtimestamp(record.created, timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # One line per message: format the date and time once per second, not once per line.
+    global _last_second
+    second = int(record.created)
+    cached = _last_second  # one read: a pair written by one assignment, safe across threads
+    if cached[0] != second:
+        cached = (second, datetime.fromtimestamp(second, timezone.utc)
+                  .strftime("%Y-%m-%dT%H:%M:%S."))
+        _last_second = cached
+    return f"{cached[1]}{int(record.msecs):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -120,6 +141,13 @@ def setup_logging(level: str = "INFO", log_format: str = "auto", stream: TextIO 
 
     Calling it again replaces the handler installed before (no doubled lines)."""
     stream = stream if stream is not None else sys.stderr
+    # Neither format shows the caller's file and line, thread or process, so do not collect
+    # them for every record (the logging HOWTO's "Optimization" switches; a consumer writes a
+    # line per message).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream)
     handler.setFormatter(make_formatter(choose_format(log_format, stream)))
     setattr(handler, _MARK, True)

@@ -334,13 +334,16 @@ class ConsumerTransport:
         with self._lock:
             return delivery.generation == self.generation and self._channel is not None
 
-    def ack(self, delivery: Delivery) -> None:
-        """Acknowledge ``delivery`` (ignored if its channel is gone: the broker redelivers)."""
-        self.threadsafe(self._ack, delivery)
+    def ack(self, delivery: Delivery, after: Callable[[], None] | None = None) -> None:
+        """Acknowledge ``delivery`` (ignored if its channel is gone: the broker redelivers);
+        then run ``after`` on the IO thread, whether or not the ack could be sent."""
+        self.threadsafe(self._ack, delivery, after)
 
-    def ack_many(self, deliveries: list[Delivery]) -> None:
-        """Acknowledge ``deliveries``: one multiple-ack where that settles nothing else."""
-        self.threadsafe(self._ack_many, list(deliveries))
+    def ack_many(self, deliveries: list[Delivery],
+                 after: Callable[[], None] | None = None) -> None:
+        """Acknowledge ``deliveries``: one multiple-ack where that settles nothing else; then
+        run ``after`` on the IO thread, as ``ack`` does."""
+        self.threadsafe(self._ack_many, list(deliveries), after)
 
     def forward(self, delivery: Delivery, queue: str, body: bytes,
                 properties: Mapping[str, Any]) -> None:
@@ -536,13 +539,25 @@ class ConsumerTransport:
                  "redelivers it", delivery.tag, delivery.generation)
         return False
 
-    def _ack(self, delivery: Delivery) -> None:
+    def _ack(self, delivery: Delivery, after: Callable[[], None] | None = None) -> None:
         if self._current(delivery):
             self._channel.basic_ack(delivery.tag)
             self._unsettled.discard(delivery.tag)
+        self._after(after)
         self._maybe_finish_close()
 
-    def _ack_many(self, deliveries: list[Delivery]) -> None:
+    @staticmethod
+    def _after(after: Callable[[], None] | None) -> None:
+        # Bookkeeping of settled deliveries (counts, logs): never allowed to stop the IO loop.
+        if after is None:
+            return
+        try:
+            after()
+        except Exception:  # noqa: BLE001 - logged, and the loop carries on
+            log.exception("after settling deliveries")
+
+    def _ack_many(self, deliveries: list[Delivery],
+                  after: Callable[[], None] | None = None) -> None:
         tags = sorted(d.tag for d in deliveries if self._current(d))
         if tags:
             # basic.ack(multiple) settles EVERY unsettled tag up to it, so it must stop below
@@ -556,6 +571,7 @@ class ConsumerTransport:
             for tag in tags[len(below):]:
                 self._channel.basic_ack(tag)
             self._unsettled.difference_update(tags)
+        self._after(after)
         self._maybe_finish_close()
 
     def _forward(self, delivery: Delivery, queue: str, body: bytes, properties: dict) -> None:

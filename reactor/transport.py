@@ -318,6 +318,10 @@ class ConsumerTransport:
         self._closing = False
         self._reconnect_timer = None
         self._lock = threading.Lock()  # guards generation reads from the worker thread
+        # Acks requested by the worker and not sent yet, and whether a send is scheduled.
+        self._acks: list[tuple[list[Delivery], Callable[[], None] | None]] = []
+        self._acks_scheduled = False
+        self._acks_lock = threading.Lock()
 
     # --- thread-safe API -------------------------------------------------------------------
     def run(self) -> None:
@@ -337,13 +341,22 @@ class ConsumerTransport:
     def ack(self, delivery: Delivery, after: Callable[[], None] | None = None) -> None:
         """Acknowledge ``delivery`` (ignored if its channel is gone: the broker redelivers);
         then run ``after`` on the IO thread, whether or not the ack could be sent."""
-        self.threadsafe(self._ack, delivery, after)
+        self.ack_many([delivery], after)
 
     def ack_many(self, deliveries: list[Delivery],
                  after: Callable[[], None] | None = None) -> None:
         """Acknowledge ``deliveries``: one multiple-ack where that settles nothing else; then
-        run ``after`` on the IO thread, as ``ack`` does."""
-        self.threadsafe(self._ack_many, list(deliveries), after)
+        run ``after`` on the IO thread, as ``ack`` does.
+
+        Acks requested while the IO thread has not yet sent earlier ones join them: one wake-up
+        of the IO loop and one multiple-ack for all, instead of one each (each wake-up also
+        hands the interpreter lock to the IO thread and back)."""
+        with self._acks_lock:
+            self._acks.append((list(deliveries), after))
+            if self._acks_scheduled:
+                return
+            self._acks_scheduled = True
+        self.threadsafe(self._send_acks)
 
     def forward(self, delivery: Delivery, queue: str, body: bytes,
                 properties: Mapping[str, Any]) -> None:
@@ -539,12 +552,13 @@ class ConsumerTransport:
                  "redelivers it", delivery.tag, delivery.generation)
         return False
 
-    def _ack(self, delivery: Delivery, after: Callable[[], None] | None = None) -> None:
-        if self._current(delivery):
-            self._channel.basic_ack(delivery.tag)
-            self._unsettled.discard(delivery.tag)
-        self._after(after)
-        self._maybe_finish_close()
+    def _send_acks(self) -> None:
+        with self._acks_lock:
+            requests, self._acks = self._acks, []
+            self._acks_scheduled = False
+        self._ack_many([d for deliveries, _ in requests for d in deliveries])
+        for _, after in requests:
+            self._after(after)
 
     @staticmethod
     def _after(after: Callable[[], None] | None) -> None:
@@ -556,8 +570,7 @@ class ConsumerTransport:
         except Exception:  # noqa: BLE001 - logged, and the loop carries on
             log.exception("after settling deliveries")
 
-    def _ack_many(self, deliveries: list[Delivery],
-                  after: Callable[[], None] | None = None) -> None:
+    def _ack_many(self, deliveries: list[Delivery]) -> None:
         tags = sorted(d.tag for d in deliveries if self._current(d))
         if tags:
             # basic.ack(multiple) settles EVERY unsettled tag up to it, so it must stop below
@@ -571,7 +584,6 @@ class ConsumerTransport:
             for tag in tags[len(below):]:
                 self._channel.basic_ack(tag)
             self._unsettled.difference_update(tags)
-        self._after(after)
         self._maybe_finish_close()
 
     def _forward(self, delivery: Delivery, queue: str, body: bytes, properties: dict) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -60,8 +59,9 @@ class Setup:
     def env(self) -> dict:
         """The environment of ``reactor`` subprocesses for this setup."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("REACTOR_")}
+        # JSON logs: the latency measurement reads the consumer's per-message lines.
         values = {"store_uri": self.store_uri, "broker_url": self.amqp_url, "secret": SECRET,
-                  **self.names, **self.options}
+                  "log_format": "json", **self.names, **self.options}
         env.update({"REACTOR_" + k.upper(): str(v) for k, v in values.items()})
         return env
 
@@ -160,18 +160,18 @@ def _epoch(stamp: str) -> float:
         tzinfo=timezone.utc).timestamp()
 
 
-_SETTLED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) INFO \S+ "
-                      r"(?:applied|duplicate): .*\(message id (\S+)\)\s*$")
-
-
 def settle_times(log_path: Path) -> dict[str, float]:
-    """Message id → when the consumer logged it settled (after its commit, before its ack)."""
+    """Message id → when the consumer logged it settled: its JSON log line for an applied or
+    duplicate outcome, written on the IO thread once the ack is sent (so after the commit)."""
     out = {}
     for line in log_path.read_text(errors="replace").splitlines():
-        m = _SETTLED.match(line)
-        if m:
-            out[m.group(3)] = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + \
-                int(m.group(2)) / 1000
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("outcome") in ("applied", "duplicate") \
+                and doc.get("message_id") and doc.get("time"):
+            out[doc["message_id"]] = _epoch(doc["time"])
     return out
 
 

@@ -72,11 +72,15 @@ _ESCAPED = re.compile(r"%(?:25|24|2E|00)")
 
 def escape_key(key: str) -> str:
     """A key that MongoDB stores literally (no operator, no path)."""
+    if _NEEDS_ESCAPE.search(key) is None:  # nearly every key: no substitution to set up
+        return key
     return _NEEDS_ESCAPE.sub(lambda m: _ESCAPES[m.group()], key)
 
 
 def unescape_key(key: str) -> str:
     """The original of a key made by ``escape_key``."""
+    if "%" not in key:
+        return key
     return _ESCAPED.sub(lambda m: _UNESCAPES[m.group()], key)
 
 

@@ -139,7 +139,9 @@ def setup_logging(level: str = "INFO", log_format: str = "auto", stream: TextIO 
                   loggers: Iterable[str] = ("reactor",)) -> logging.Handler:
     """Send the named loggers to ``stream`` (stderr) in the chosen format; returns the handler.
 
-    Calling it again replaces the handler installed before (no doubled lines)."""
+    Calling it again replaces the handler installed before (no doubled lines). Process-wide,
+    log records stop collecting the caller's file and line, thread and process (neither format
+    shows them): meant for the ``reactor`` commands, which own their process."""
     stream = stream if stream is not None else sys.stderr
     # Neither format shows the caller's file and line, thread or process, so do not collect
     # them for every record (the logging HOWTO's "Optimization" switches; a consumer writes a

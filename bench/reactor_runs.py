@@ -344,7 +344,7 @@ def cpu_per_message(store_uri: str, work: Workload, reps: int) -> dict:
     from reactor.app import App
     from reactor.identifiers import pipeline_uuid
     from reactor.pipeline import Pipeline
-    from reactor.store.mongo import encode_entry
+    from reactor.store.bson_codec import encode_entry
 
     app = App.from_env({"REACTOR_STORE_URI": store_uri, "REACTOR_SECRET": SECRET})
     try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import secrets
 import time
 from contextlib import contextmanager
@@ -29,7 +28,6 @@ from typing import Any, Iterable, Iterator
 from urllib.parse import unquote
 
 import pymongo
-from bson import ObjectId
 from bson.codec_options import CodecOptions
 from bson.errors import BSONError
 from pymongo import ReturnDocument, UpdateOne
@@ -40,11 +38,12 @@ from pymongo.errors import (
 from pymongo.write_concern import WriteConcern
 
 from ..errors import StoreError, StoreUnavailable
-from ..records import LINKAGE_FIELDS, now_iso
+from ..records import LINKAGE_FIELDS
 from .base import COLLECTIONS_WITH_LINKS, JobStore
+from .bson_codec import decode, encode_entry, encode_job, escape
 from .checks import (
     check_changes, check_collection, check_delete, check_document, check_flag, check_job_record,
-    check_pipeline, check_query, check_state_change, check_uuid, parse_timestamp, unlink,
+    check_pipeline, check_query, check_state_change, check_uuid, unlink,
 )
 
 DEFAULT_DATABASE = "reactor"
@@ -60,56 +59,6 @@ _NOT_IMPLEMENTED = 238
 # entry's duplicate key, for the compare made here under a job lock.
 NO_HISTORY = {"history": 0}
 ONLY_HISTORY_KEYS = {"history.uuid": 0, "history.name": 0, "history.date": 0, "history.data": 0}
-
-# --- reversible key escaping -------------------------------------------------------------------
-# '%' is escaped first-class so every '%XX' in a stored key came from escaping, which makes the
-# mapping reversible; '$' and '.' would be read as operators/paths, NUL cannot be in a BSON key.
-_ESCAPES = {"%": "%25", "$": "%24", ".": "%2E", "\x00": "%00"}
-_UNESCAPES = {v: k for k, v in _ESCAPES.items()}
-_NEEDS_ESCAPE = re.compile(r"[%$.\x00]")
-_ESCAPED = re.compile(r"%(?:25|24|2E|00)")
-
-
-def escape_key(key: str) -> str:
-    """A key that MongoDB stores literally (no operator, no path)."""
-    if _NEEDS_ESCAPE.search(key) is None:  # nearly every key: no substitution to set up
-        return key
-    return _NEEDS_ESCAPE.sub(lambda m: _ESCAPES[m.group()], key)
-
-
-def unescape_key(key: str) -> str:
-    """The original of a key made by ``escape_key``."""
-    if "%" not in key:
-        return key
-    return _ESCAPED.sub(lambda m: _UNESCAPES[m.group()], key)
-
-
-def escape(value: Any) -> Any:
-    """A deep copy of ``value`` with every dict key escaped, at any depth."""
-    if isinstance(value, dict):
-        return {escape_key(k): escape(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [escape(v) for v in value]
-    return value
-
-
-def unescape(value: Any) -> Any:
-    """The JSON value of a stored one: keys unescaped, datetimes as ISO strings."""
-    if isinstance(value, dict):
-        return {unescape_key(k): unescape(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unescape(v) for v in value]
-    if isinstance(value, datetime):
-        return now_iso(value)
-    if isinstance(value, ObjectId):
-        return str(value)
-    return value
-
-
-def decode(doc: dict) -> dict:
-    """A stored document as the JSON record callers see (without MongoDB's ``_id``)."""
-    return unescape({k: v for k, v in doc.items() if k != "_id"})
-
 
 def _cas_filter(uuid: str, from_state: str, entry: dict) -> dict:
     """The compare-and-set filter: the visible job ``uuid``, in ``from_state``, without a
@@ -165,28 +114,6 @@ def _holds(record: dict, entry: dict) -> bool:
     wanted = json.loads(json.dumps(entry))  # tuples → lists, as a read gives them back
     # Newest first: a just-committed entry is at (or near) the end.
     return any(h == wanted for h in reversed(record.get("history", ())))
-
-
-def _to_datetime(stamp: str) -> datetime:
-    # Stored as BSON dates so server-side queries and sorts work on them; ms precision is what
-    # both BSON and records.now_iso keep, so the string comes back identical.
-    return parse_timestamp(stamp, "timestamp")
-
-
-def encode_entry(entry: dict) -> dict:
-    """A history entry as stored: escaped keys, ``date`` as a BSON date."""
-    doc = escape(entry)
-    doc["date"] = _to_datetime(entry["date"])
-    return doc
-
-
-def encode_job(record: dict) -> dict:
-    """A job record as stored: escaped keys, timestamps as BSON dates."""
-    doc = escape({k: v for k, v in record.items() if k != "history"})
-    doc["created"] = _to_datetime(record["created"])
-    doc["updated"] = _to_datetime(record["updated"])
-    doc["history"] = [encode_entry(h) for h in record["history"]]
-    return doc
 
 
 # --- URIs and options --------------------------------------------------------------------------

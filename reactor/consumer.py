@@ -46,7 +46,7 @@ from tenacity import (Retrying, retry_if_exception_type, retry_if_result, stop_a
                       stop_when_event_set, wait_exponential, wait_random)
 
 from .errors import ConfigError
-from .logs import FIELDS_ATTR, outcome_fields
+from .logs import FIELDS_ATTR, batched, outcome_fields
 from .outcomes import REJECTED, RETRY, Outcome
 from .records import now_iso
 from .tokens import mask, mask_text
@@ -382,7 +382,7 @@ class Consumer:
             else:  # a copy to the retry or dead-letter queue, acked on its own confirm
                 self._settle(delivery, action, attempt, outcome)
         if acks:
-            self.transport.ack_many(acks, after=lambda: [book() for book in books])
+            self.transport.ack_many(acks, after=lambda: self._book_all(books))
         for delivery, outcome in zip(deliveries, outcomes):
             if outcome is None and not self._stop.is_set():
                 self._handle(delivery)
@@ -468,6 +468,14 @@ class Consumer:
             log.info("%s: %s (message id %s)", outcome.label, mask_text(outcome.detail),
                      delivery.message_id, extra=extra)
         return book
+
+    @staticmethod
+    def _book_all(books: list[Callable[[], None]]) -> None:
+        # One write for the batch's lines: on the embedded store a write per line cost ~10%
+        # of the consumer's throughput.
+        with batched():
+            for book in books:
+                book()
 
     def _settle(self, delivery: Delivery, action: Action, attempt: int,
                 outcome: Outcome) -> None:

@@ -298,3 +298,51 @@ def test_consume_metrics_and_json_logs_move_with_the_outcomes_of_a_small_workloa
         assert token not in text and other_token not in text
     finally:
         setup.close()
+
+
+class _CountingStream:
+    """A text stream that remembers each write call."""
+
+    def __init__(self):
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_batched_lines_are_written_together_and_other_threads_are_not_held():
+    import threading
+
+    from reactor.logs import batched, setup_logging
+
+    stream = _CountingStream()
+    handler = setup_logging("INFO", "json", stream=stream)
+    logger = logging.getLogger("reactor.test_batched")
+    try:
+        logger.info("alone")
+        assert len(stream.writes) == 1
+        with batched():
+            logger.info("first")
+            with batched():  # nested: written with the outer block, not before
+                logger.info("second")
+            other = threading.Thread(target=logger.info, args=("from another thread",))
+            other.start()
+            other.join()
+            logger.info("third")
+            # Only the other thread's line is out so far.
+            assert [json.loads(w)["message"] for w in stream.writes[1:]] == \
+                ["from another thread"]
+        assert len(stream.writes) == 3
+        held = [json.loads(line)["message"] for line in stream.writes[2].splitlines()]
+        assert held == ["first", "second", "third"]
+        logger.info("after")
+        assert json.loads(stream.writes[3])["message"] == "after"
+    finally:
+        logging.getLogger("reactor").removeHandler(handler)

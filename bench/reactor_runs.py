@@ -91,10 +91,15 @@ class Setup:
 
         ConfirmingPublisher(self.amqp_url, Topology.from_settings(self.app.settings)).close()
 
-    def start_consumer(self, health: Path) -> subprocess.Popen:
+    @property
+    def health_path(self) -> Path:
+        """The consumer's health file."""
+        return self.workdir / f"health-{self.names['queue']}.json"
+
+    def start_consumer(self) -> subprocess.Popen:
         """``reactor consume`` with a health file; its log goes to the work directory."""
         log = open(self.workdir / f"consumer-{self.names['queue']}.log", "wb")
-        proc = subprocess.Popen([*reactor_command(), "consume", "--health-file", str(health),
+        proc = subprocess.Popen([*reactor_command(), "consume", "--health-file", str(self.health_path),
                                  "--health-interval", "0.2"], cwd=self.workdir, env=self.env(),
                                 stdout=log, stderr=log)
         log.close()
@@ -242,15 +247,19 @@ def _check_clean(setup: Setup, expected: int) -> None:
         raise RuntimeError("not every event was applied")
 
 
+def _consume_published(setup: Setup, work: Workload) -> subprocess.Popen:
+    """Create the jobs, pre-publish the whole workload, then start ``reactor consume``."""
+    uuids, tokens = setup.create_jobs(work.jobs)
+    setup.declare()
+    _publish_workload(setup, work, uuids, tokens)
+    return setup.start_consumer()
+
+
 def end_to_end(setup: Setup, work: Workload) -> dict:
     """``reactor consume`` draining the pre-published workload: msgs/s between the first and
     the last commit (read from the records), and whether it stopped cleanly."""
     try:
-        uuids, tokens = setup.create_jobs(work.jobs)
-        setup.declare()
-        _publish_workload(setup, work, uuids, tokens)
-        health = setup.workdir / f"health-{setup.names['queue']}.json"
-        proc = setup.start_consumer(health)
+        proc = _consume_published(setup, work)
         try:
             _wait_applied(setup, proc, work.jobs, len(work), timeout_s=1800)
         finally:
@@ -268,11 +277,10 @@ def latency(setup: Setup, work: Workload, rate: float) -> dict:
     """p50/p99 ms from publish to commit while publishing at a steady ``rate`` msgs/s."""
     try:
         uuids, tokens = setup.create_jobs(work.jobs)
-        health = setup.workdir / f"health-{setup.names['queue']}.json"
-        proc = setup.start_consumer(health)
+        proc = setup.start_consumer()
         sent: dict[str, float] = {}
         try:
-            _wait_ready(proc, health)
+            _wait_ready(proc, setup.health_path)
             import pika
 
             conn = pika.BlockingConnection(pika.URLParameters(setup.amqp_url))
@@ -313,11 +321,7 @@ def _percentile(values: list[float], pct: float) -> float:
 def memory(setup: Setup, work: Workload, first: int) -> dict:
     """Peak RSS (MB) of the consumer once ``first`` events are applied, and at the end."""
     try:
-        uuids, tokens = setup.create_jobs(work.jobs)
-        setup.declare()
-        _publish_workload(setup, work, uuids, tokens)
-        health = setup.workdir / f"health-{setup.names['queue']}.json"
-        proc = setup.start_consumer(health)
+        proc = _consume_published(setup, work)
         marks: dict[str, float] = {}
 
         def watch(done: int) -> None:

@@ -8,7 +8,7 @@ import click
 
 from .cli import app_from_context, broker_url, handle_error
 from .errors import ReactorError
-from .outcomes import DEAD_LETTER_ONLY_REASONS, REJECT_REASONS
+from .outcomes import DEAD_LETTER_REASONS
 
 # Expected failures become one error line; anything else is a bug and keeps its traceback.
 _EXPECTED = (ReactorError, ValueError, OSError)
@@ -63,7 +63,7 @@ def _topology(app):
     return Topology.from_settings(app.settings)
 
 
-_REASON = click.option("--reason", type=click.Choice(REJECT_REASONS + DEAD_LETTER_ONLY_REASONS),
+_REASON = click.option("--reason", type=click.Choice(DEAD_LETTER_REASONS),
                        help="Only dead letters with this reason.")
 _LIMIT = click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1),
                       help="Look at no more than this many messages from the head of the queue.")

@@ -49,7 +49,8 @@ from .errors import ConfigError
 from .logs import FIELDS_ATTR, batched, outcome_fields
 from .outcomes import REJECTED, RETRY, Outcome
 from .records import now_iso
-from .tokens import mask, mask_text
+from . import tokens
+from .tokens import SECRET_NAMES, body_token, mask_text
 from .transport import ConsumerTransport, Delivery, Topology
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,6 @@ DETAIL = PREFIX + "detail"                # dead letters: what was wrong (tokens
 OUTCOME = PREFIX + "outcome"              # dead letters: the outcome label
 DEAD_LETTERED_AT = PREFIX + "dead-lettered-at"
 RETRY_REASON = PREFIX + "retry-reason"    # delayed retries: why the last attempt failed
-# Header names under which a sender might have put a secret; never copied onward.
-_SECRET_HEADERS = ("token", "authorization", "password", "secret")
 # The broker's own redelivery counter (quorum queues): already folded into ATTEMPTS.
 _BROKER_COUNT = "x-delivery-count"
 DETAIL_CHARS = 1000
@@ -138,8 +137,9 @@ def forwarded_properties(delivery: Delivery, action: Action, attempt: int, outco
                          now: str | None = None) -> dict:
     """Properties of the copy of ``delivery`` that ``action`` sends on (body unchanged)."""
     now = now or now_iso()
+    # A header named like a secret is never copied onward.
     headers = {k: v for k, v in delivery.headers.items() if k != _BROKER_COUNT
-               and not any(s in str(k).lower() for s in _SECRET_HEADERS)}
+               and not any(s in str(k).lower() for s in SECRET_NAMES)}
     # Where it came from is kept from the first delivery: later ones arrive via the retry queue.
     headers.setdefault(FIRST_SEEN, now)
     headers.setdefault(ROUTING_KEY, delivery.routing_key)
@@ -165,13 +165,7 @@ def _backoff(first_s: float, cap_s: float):
 
 def scrub(text: str, delivery: Delivery) -> str:
     """``text`` with token-like values and the message's own token masked (for headers, logs)."""
-    try:
-        token = json.loads(delivery.body).get("token")
-    except (ValueError, AttributeError, RecursionError):
-        token = None
-    if isinstance(token, str) and len(token) >= 4:
-        text = text.replace(token, mask(token))
-    return mask_text(text)
+    return tokens.scrub(text, [body_token(delivery.body)])
 
 
 class HealthFile:

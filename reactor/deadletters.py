@@ -19,19 +19,17 @@ from typing import Any, Iterable, Mapping
 from . import consumer as _c
 from .errors import ValidationError
 from .messages import duplicate_key
-from .outcomes import DEAD_LETTER_ONLY_REASONS, REJECT_REASONS
+from .outcomes import DEAD_LETTER_REASONS
 from .publisher import routing_key
 from .records import now_iso
-from .tokens import mask, mask_text
+from .tokens import SECRET_NAMES, body_token, mask, mask_text, scrub
 from .transport import QueuedMessage, Redrive, RedriveResult, Topology, browse, redrive
 
-REASONS = REJECT_REASONS + DEAD_LETTER_ONLY_REASONS
 DEFAULT_LIMIT = 1000
 REDRIVEN = _c.PREFIX + "redriven"        # how many times this message was re-driven
 REDRIVEN_AT = _c.PREFIX + "redriven-at"  # when it was last re-driven
 # Broker bookkeeping that describes the old life of the message, not the new one.
 _DROPPED_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
-_SECRET_HEADERS = ("token", "authorization", "password", "secret")
 
 
 @dataclass(frozen=True)
@@ -68,22 +66,13 @@ def _text(value: Any) -> str:
 
 def masked_body(body: bytes) -> str:
     """The body as text with its token (and any ``token=…`` text) masked."""
-    text = body.decode("utf-8", "replace")
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return mask_text(text)
-    if isinstance(doc, dict) and isinstance(doc.get("token"), str):
-        token = doc["token"]
-        if len(token) >= 4:
-            text = text.replace(token, mask(token))
-    return mask_text(text)
+    return scrub(body.decode("utf-8", "replace"), [body_token(body)])
 
 
 def _safe_headers(headers: Mapping[str, Any]) -> dict:
     out = {}
     for k, v in headers.items():
-        if any(s in str(k).lower() for s in _SECRET_HEADERS):
+        if any(s in str(k).lower() for s in SECRET_NAMES):
             out[str(k)] = mask(_text(v))
         elif isinstance(v, (bytes, str)):
             out[str(k)] = mask_text(_text(v))
@@ -128,9 +117,9 @@ def from_queued(message: QueuedMessage) -> DeadLetter:
 
 def check_reason(reason: str | None) -> None:
     """ValidationError unless ``reason`` is None or a dead-letter reason."""
-    if reason is not None and reason not in REASONS:
+    if reason is not None and reason not in DEAD_LETTER_REASONS:
         raise ValidationError(f"unknown dead-letter reason {reason!r}; reasons: "
-                              + ", ".join(REASONS))
+                              + ", ".join(DEAD_LETTER_REASONS))
 
 
 def check_limit(limit: int) -> None:

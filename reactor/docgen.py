@@ -149,9 +149,9 @@ def _schema_docs() -> dict[str, dict]:
 
 def _dead_letter_headers() -> dict:
     from . import consumer as c
-    from .outcomes import DEAD_LETTER_ONLY_REASONS, REJECT_REASONS
+    from .outcomes import DEAD_LETTER_REASONS
 
-    reasons = list(REJECT_REASONS) + list(DEAD_LETTER_ONLY_REASONS)
+    reasons = list(DEAD_LETTER_REASONS)
     props = {
         c.REASON: {"type": "string", "enum": reasons, "description": "Why it was dead-lettered."},
         c.DETAIL: {"type": "string", "description": "What was wrong (tokens masked)."},

@@ -48,6 +48,22 @@ class Change:
         return self.entry["name"]
 
 
+def authorize(authority: Authority, uuid: str, event: str, token: object) -> None:
+    """Raise AuthError unless ``token`` allows ``event`` on job ``uuid`` (no store needed)."""
+    admin_only = lifecycle.is_admin_event(event)
+    if not authority.allows(uuid, token, admin_only=admin_only):
+        kind = "an administrative token" if admin_only else "the job's token or an admin token"
+        raise AuthError(f"token {mask(token)} does not authorise {event!r} on job {uuid}; "
+                        f"it needs {kind}")
+
+
+def authorize_delete(authority: Authority, token: object) -> None:
+    """Raise AuthError unless ``token`` is an administrative token (deleting needs one)."""
+    if not authority.is_admin(token):
+        raise AuthError(f"token {mask(token)} is not a valid administrative token; deleting "
+                        "a job needs one (`reactor token admin`)")
+
+
 class Jobs:
     """Job operations over one store, with one authority for tokens."""
 
@@ -85,11 +101,7 @@ class Jobs:
 
     def authorize(self, uuid: str, event: str, token: object) -> None:
         """Raise AuthError unless ``token`` allows ``event`` on job ``uuid``."""
-        admin_only = lifecycle.is_admin_event(event)
-        if not self.authority.allows(uuid, token, admin_only=admin_only):
-            kind = "an administrative token" if admin_only else "the job's token or an admin token"
-            raise AuthError(f"token {mask(token)} does not authorise {event!r} on job {uuid}; "
-                            f"it needs {kind}")
+        authorize(self.authority, uuid, event, token)
 
     def apply(self, uuid: str, event: str, data: dict | None = None, token: object = None,
               key: str | None = None, record: dict | None = None,
@@ -154,9 +166,7 @@ class Jobs:
 
     def delete(self, uuid: str, token: object, force: bool = True) -> bool:
         """Delete (``force``) or hide a job; needs an administrative token."""
-        if not self.authority.is_admin(token):
-            raise AuthError(f"token {mask(token)} is not a valid administrative token; deleting "
-                            "a job needs one (`reactor token admin`)")
+        authorize_delete(self.authority, token)
         if self.store.get_job(uuid, include_hidden=True) is None:
             raise UnknownJob(f"no job with uuid {uuid}")
         return self.store.delete_job(uuid, force=force)

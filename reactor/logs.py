@@ -19,14 +19,14 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Mapping, TextIO
 
-from .tokens import mask, mask_text
+from .tokens import SECRET_NAMES, mask, mask_text
 
 FORMATS = ("json", "console", "auto")
 FIELDS_ATTR = "fields"
 # Marks handlers installed here, so a second setup replaces them instead of doubling lines.
 _MARK = "_reactor_logs"
 # Field names whose values are secrets: shown masked whatever they hold.
-_SECRET_FIELDS = frozenset({"token", "authorization", "password", "secret"})
+_SECRET_FIELDS = frozenset(SECRET_NAMES)
 _PLAIN = (bool, int, float)
 
 

@@ -17,6 +17,7 @@ REJECT_REASONS = ("too_large", "decode_error", "schema_invalid", "unknown_event"
                   "auth_failed", "invalid_transition")
 RETRY_REASONS = ("store_unavailable", "timeout", "internal_error")
 DEAD_LETTER_ONLY_REASONS = ("retries_exhausted",)
+DEAD_LETTER_REASONS = REJECT_REASONS + DEAD_LETTER_ONLY_REASONS  # every reason a dead letter has
 
 
 class OutcomeSignal(Exception):

@@ -110,18 +110,13 @@ class Pipeline:
         """The outcome of an event: from its ``EventResult``, or from the expected error
         (``EXPECTED_ERRORS``) that applying it raised; ``state`` = the state it was seen in."""
         uuid, event = message.uuid, message.event
-        if isinstance(result, UnknownJob):
-            return self._signal(Reject("unknown_job", str(result)), message, key, None)
-        if isinstance(result, AuthError):
-            return self._signal(Reject("auth_failed", str(result)), message, key, state)
         if isinstance(result, MachineError):
             state = self._state_now(uuid, state)
             detail = f"job {uuid}: {result.value}"
             return self._signal(Reject("invalid_transition", detail), message, key, state)
-        if isinstance(result, StoreUnavailable):
-            return self._signal(_retry("store_unavailable", result), message, key, state)
-        if isinstance(result, TimeoutError):
-            return self._signal(_retry("timeout", result), message, key, state)
+        if isinstance(result, _SIGNALLED):
+            seen = None if isinstance(result, UnknownJob) else state
+            return self._signal(_signal_for(result), message, key, seen)
         if isinstance(result, BaseException):
             raise result  # not an outcome: a bug, or a store refusing for good
         after = result.record["state"]
@@ -152,14 +147,8 @@ class Pipeline:
             if deleted:
                 store.put_document(DELETIONS, {"uuid": uuid, "key": key, "force": message.force,
                                                "date": self.jobs.clock()})
-        except UnknownJob as exc:
-            return self._signal(Reject("unknown_job", str(exc)), message, key, None)
-        except AuthError as exc:
-            return self._signal(Reject("auth_failed", str(exc)), message, key, None)
-        except StoreUnavailable as exc:
-            return self._signal(_retry("store_unavailable", exc), message, key, None)
-        except TimeoutError as exc:
-            return self._signal(_retry("timeout", exc), message, key, None)
+        except _SIGNALLED as exc:
+            return self._signal(_signal_for(exc), message, key, None)
         if message.force:
             detail = f"job {uuid} deleted with every reference to it"
             state = None
@@ -171,7 +160,7 @@ class Pipeline:
 
     def _hidden_state(self, uuid: str) -> str | None:
         try:
-            record = self.jobs.store.get_job(uuid, include_hidden=True)
+            record = self.jobs.store.get_job(uuid, include_hidden=True, with_history=False)
         except StoreUnavailable:
             return None
         return record["state"] if record else None
@@ -186,6 +175,20 @@ class Pipeline:
 
 def _retry(reason: str, exc: BaseException) -> OutcomeSignal:
     return Retry(reason, mask_text(str(exc)) or type(exc).__name__)
+
+
+# The expected errors (besides MachineError, which needs the job's state) and their outcomes,
+# shared by events and delete actions.
+_SIGNALLED = (UnknownJob, AuthError, StoreUnavailable, TimeoutError)
+
+
+def _signal_for(exc: BaseException) -> OutcomeSignal:
+    """The outcome signal of one of the ``_SIGNALLED`` errors."""
+    if isinstance(exc, UnknownJob):
+        return Reject("unknown_job", str(exc))
+    if isinstance(exc, AuthError):
+        return Reject("auth_failed", str(exc))
+    return _retry("store_unavailable" if isinstance(exc, StoreUnavailable) else "timeout", exc)
 
 
 def _short_key(key: str) -> str:

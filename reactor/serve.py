@@ -40,13 +40,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import lifecycle, messages
-from .errors import BrokerError, StoreUnavailable
+from . import messages
+from .errors import AuthError, BrokerError, StoreUnavailable
 from .identifiers import check_typed
+from .jobs import authorize, authorize_delete
 from .logs import FIELDS_ATTR
 from .messages import DeleteMessage, EventMessage, MessageRejected
 from .metrics import Metrics
-from .tokens import mask, mask_text
+from .tokens import body_token, mask, mask_text, scrub
 from .transport import Topology, redact_url
 
 log = logging.getLogger(__name__)
@@ -161,29 +162,15 @@ class BrokerLink:
 
 
 # --------------------------------------------------------------------------------- helpers
-def _scrub(text: str, secrets: list[str]) -> str:
-    """``text`` with every known token of the request masked, then any ``token=…`` too."""
-    for secret in secrets:
-        if isinstance(secret, str) and len(secret) >= 4:
-            text = text.replace(secret, mask(secret))
-    return mask_text(text)
-
-
-def _request_tokens(request: Request, body: bytes = b"") -> list[str]:
+def _request_tokens(request: Request, body: bytes = b"") -> list[str | None]:
     """Every token the request carries, so none of them is ever echoed."""
     found = list(request.query_params.getlist("token"))
     auth = request.headers.get("authorization", "")
     if auth:
         found.append(auth.split(None, 1)[-1])
     if body:
-        try:
-            doc = json.loads(body)
-        except (ValueError, RecursionError):
-            doc = None
-        if isinstance(doc, dict) and isinstance(doc.get("token"), str):
-            found.append(doc["token"])
-    # Longest first: a token that contains another is masked whole.
-    return sorted(set(found), key=len, reverse=True)
+        found.append(body_token(body))
+    return found
 
 
 def _params(request: Request) -> dict[str, str]:
@@ -309,17 +296,14 @@ class Ingress:
             raise HttpError(401, "token_required", f"{event!r} on job {message.uuid} needs a "
                             "token: the 'token' query parameter, or 'token' in an event body",
                             {"WWW-Authenticate": "Bearer"})
-        if isinstance(message, DeleteMessage):
-            if not self.authority.is_admin(message.token):
-                raise HttpError(403, "auth_failed", f"token {mask(message.token)} is not a "
-                                "valid administrative token; deleting a job needs one")
-            return
-        admin_only = lifecycle.is_admin_event(event)
-        if not self.authority.allows(message.uuid, message.token, admin_only=admin_only):
-            needs = "an administrative token" if admin_only else \
-                "the job's token or an administrative token"
-            raise HttpError(403, "auth_failed", f"token {mask(message.token)} does not "
-                            f"authorise {event!r} on job {message.uuid}; it needs {needs}")
+        try:
+            # The job operations' own checks, which need no store.
+            if isinstance(message, DeleteMessage):
+                authorize_delete(self.authority, message.token)
+            else:
+                authorize(self.authority, message.uuid, event, message.token)
+        except AuthError as exc:
+            raise HttpError(403, "auth_failed", str(exc)) from None
 
     async def _find_job(self, message: EventMessage | DeleteMessage) -> None:
         hidden = isinstance(message, DeleteMessage)
@@ -431,12 +415,12 @@ def _instrument(name: str, handler: Handler, metrics: Metrics) -> Callable:
         except HttpError as exc:
             info["error"] = exc.error
             response = JSONResponse({"error": exc.error,
-                                     "detail": _scrub(exc.detail, info["secrets"])},
+                                     "detail": scrub(exc.detail, info["secrets"])},
                                     status_code=exc.status, headers=exc.headers)
         except Exception as exc:  # noqa: BLE001 - a bug must not leak details or a token
             info["error"] = "internal_error"
             log.error("internal error answering %s %s: %s", request.method, request.url.path,
-                      _scrub(f"{type(exc).__name__}: {exc}", info["secrets"]), exc_info=True)
+                      scrub(f"{type(exc).__name__}: {exc}", info["secrets"]), exc_info=True)
             response = JSONResponse({"error": "internal_error", "detail": "an internal error "
                                      "occurred; nothing was queued"}, status_code=500)
         metrics.http_request(name, response.status_code)
@@ -456,7 +440,7 @@ def _log_request(request: Request, name: str, status: int, info: dict, seconds: 
               "error": info.get("error"), "message_id": info.get("message_id"),
               "latency_ms": round(seconds * 1000, 3)}
     level = logging.WARNING if status >= 500 else logging.INFO
-    text = _scrub(f"{request.method} {request.url.path} {status}", info.get("secrets", []))
+    text = scrub(f"{request.method} {request.url.path} {status}", info.get("secrets", []))
     log.log(level, "%s", text, extra={FIELDS_ATTR: fields})
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import time
+from typing import Iterable
 
 DEFAULT_LENGTH = 32
 DEFAULT_WINDOW = 3600
@@ -62,6 +64,9 @@ def is_job_token(secret: str | bytes, job_uuid: str, token: object,
     return _equal(token, job_token(secret, job_uuid, length))
 
 
+# Names (of headers, log fields) whose values are secrets, whatever they hold.
+SECRET_NAMES = ("token", "authorization", "password", "secret")
+
 _TOKENISH = re.compile(r"(?i)(\"?token\"?\s*[=:]\s*\"?)([^\"&\s,}]+)")
 
 
@@ -77,6 +82,25 @@ def mask_text(text: str) -> str:
     if "token" not in text.lower():  # most text has none: skip the (much dearer) substitution
         return text
     return _TOKENISH.sub(lambda m: m.group(1) + mask(m.group(2)), text)
+
+
+def body_token(body: bytes | str) -> str | None:
+    """The ``token`` of a JSON object message body, if it has a string one."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    token = doc.get("token") if isinstance(doc, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with each of ``secrets`` masked wherever it appears, then any ``token=…``."""
+    # Longest first: a secret that contains another is masked whole.
+    for secret in sorted({s for s in secrets if isinstance(s, str) and len(s) >= 4},
+                         key=len, reverse=True):
+        text = text.replace(secret, mask(secret))
+    return mask_text(text)
 
 
 class Authority:

@@ -196,6 +196,12 @@ def _declare_kwargs(kwargs: dict) -> dict:
     return kwargs
 
 
+def _declare_blocking(channel: Any, topology: "Topology") -> None:
+    """Declare ``topology`` on a ``BlockingConnection`` channel (idempotent)."""
+    for method, kwargs in topology.declarations():
+        getattr(channel, method)(**_declare_kwargs(kwargs))
+
+
 def describe_close(reason: BaseException | None) -> str:
     """A one-line description of why a connection or channel closed (or failed to open)."""
     if reason is None:
@@ -699,8 +705,7 @@ class ConfirmingPublisher:
         try:
             self._channel = self._connection.channel()
             if topology is not None:
-                for method, kwargs in topology.declarations():
-                    getattr(self._channel, method)(**_declare_kwargs(kwargs))
+                _declare_blocking(self._channel, topology)
             self._channel.confirm_delivery()
         except pika.exceptions.AMQPError as exc:
             self.close()
@@ -859,8 +864,7 @@ def redrive(url: str, queue: str, topology: Topology, limit: int,
     connection, channel = _blocking_channel(url, "reactor deadletters")
     result = RedriveResult()
     try:
-        for method, kwargs in topology.declarations():  # the exchange must exist to route
-            getattr(channel, method)(**_declare_kwargs(kwargs))
+        _declare_blocking(channel, topology)  # the exchange must exist to route
         channel.confirm_delivery()
         taken = _take_unacked(channel, queue, limit)
         result.looked_at = len(taken)

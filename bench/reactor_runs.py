@@ -92,29 +92,50 @@ class Setup:
         ConfirmingPublisher(self.amqp_url, Topology.from_settings(self.app.settings)).close()
 
     @property
-    def health_path(self) -> Path:
-        """The consumer's health file."""
-        return self.workdir / f"health-{self.names['queue']}.json"
+    def topology(self):
+        """The reactor's queue layout for this setup (partitioned if ``options`` say so)."""
+        from reactor.transport import Topology
 
-    def start_consumer(self) -> subprocess.Popen:
-        """``reactor consume`` with a health file; its log goes to the work directory."""
-        log = open(self.workdir / f"consumer-{self.names['queue']}.log", "wb")
-        proc = subprocess.Popen([*reactor_command(), "consume", "--health-file", str(self.health_path),
-                                 "--health-interval", "0.2"], cwd=self.workdir, env=self.env(),
-                                stdout=log, stderr=log)
-        log.close()
-        return proc
+        return Topology.from_settings(self.app.settings)
+
+    def health_file(self, member: int = 0) -> Path:
+        """The health file of consumer ``member``."""
+        return self.workdir / f"health-{self.names['queue']}{f'-m{member}' if member else ''}.json"
+
+    @property
+    def health_path(self) -> Path:
+        """The (first) consumer's health file."""
+        return self.health_file(0)
+
+    def log_file(self, member: int = 0) -> Path:
+        """Where consumer ``member`` logs."""
+        return self.workdir / f"consumer-{self.names['queue']}{f'-m{member}' if member else ''}.log"
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / f"consumer-{self.names['queue']}.log"
+        return self.log_file(0)
+
+    def start_consumer(self, member: int = 0, members: int = 1) -> subprocess.Popen:
+        """``reactor consume`` (as ``--member member/members``) with a health file; its log goes
+        to the work directory."""
+        log = open(self.log_file(member), "wb")
+        command = [*reactor_command(), "consume", "--health-file", str(self.health_file(member)),
+                   "--health-interval", "0.2"]
+        if members > 1:
+            command += ["--member", f"{member}/{members}"]
+        proc = subprocess.Popen(command, cwd=self.workdir, env=self.env(), stdout=log, stderr=log)
+        log.close()
+        return proc
 
     def close(self) -> None:
         """Delete the topology and the store's data."""
         try:
-            delete_queues(self.amqp_url, [self.names["queue"], self.names["retry_queue"],
-                                          self.names["dead_letter_queue"]],
-                          [self.names["exchange"]])
+            topology = self.topology
+            queues = [*topology.main_queues, self.names["dead_letter_queue"],
+                      *{topology.retry_queue_for(q) for q in topology.main_queues}]
+            exchanges = [self.names["exchange"]] + ([topology.hash_exchange]
+                                                    if topology.partitions else [])
+            delete_queues(self.amqp_url, queues, exchanges)
         finally:
             if self._app is not None:
                 self._app.close()
@@ -205,7 +226,7 @@ def _wait_ready(proc: subprocess.Popen, health: Path, timeout_s: float = 120) ->
         time.sleep(0.05)
 
 
-def _wait_applied(setup: Setup, proc: subprocess.Popen, jobs: int, total: int,
+def _wait_applied(setup: Setup, procs: list[subprocess.Popen], jobs: int, total: int,
                   timeout_s: float, on_progress=None) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -214,9 +235,10 @@ def _wait_applied(setup: Setup, proc: subprocess.Popen, jobs: int, total: int,
             on_progress(done)
         if done >= total:
             return
-        if proc.poll() is not None:
-            raise RuntimeError(f"consumer exited with {proc.returncode} after {done} of {total}; "
-                               f"log: {setup.log_path}")
+        for member, proc in enumerate(procs):
+            if proc.poll() is not None:
+                raise RuntimeError(f"consumer exited with {proc.returncode} after {done} of "
+                                   f"{total}; log: {setup.log_file(member)}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {done} of {total} applied after {timeout_s:.0f}s")
         time.sleep(0.25)
@@ -236,7 +258,15 @@ def _publish_workload(setup: Setup, work: Workload, uuids: list[str], tokens: li
     messages = [(uuids[e.job], body(e, uuids[e.job], tokens[e.job]), e.message_id)
                 for e in work.events]
     publish_raw(setup.amqp_url, setup.names["exchange"], messages)
-    wait_depth(setup.amqp_url, setup.names["queue"], len(messages))
+    queues = setup.topology.main_queues
+    if len(queues) == 1:
+        wait_depth(setup.amqp_url, queues[0], len(messages))
+        return
+    deadline = time.monotonic() + 300
+    while sum(queue_depth(setup.amqp_url, q) for q in queues) < len(messages):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the broker never held all {len(messages)} messages in {queues}")
+        time.sleep(0.05)
 
 
 def _check_clean(setup: Setup, expected: int) -> None:
@@ -247,23 +277,25 @@ def _check_clean(setup: Setup, expected: int) -> None:
         raise RuntimeError("not every event was applied")
 
 
-def _consume_published(setup: Setup, work: Workload) -> subprocess.Popen:
-    """Create the jobs, pre-publish the whole workload, then start ``reactor consume``."""
+def _consume_published(setup: Setup, work: Workload, members: int = 1) -> list[subprocess.Popen]:
+    """Create the jobs, pre-publish the whole workload, then start ``members`` consumers
+    (``reactor consume``, or one ``--member i/members`` each when several)."""
     uuids, tokens = setup.create_jobs(work.jobs)
     setup.declare()
     _publish_workload(setup, work, uuids, tokens)
-    return setup.start_consumer()
+    return [setup.start_consumer(i, members) for i in range(members)]
 
 
-def end_to_end(setup: Setup, work: Workload) -> dict:
+def end_to_end(setup: Setup, work: Workload, members: int = 1) -> dict:
     """``reactor consume`` draining the pre-published workload: msgs/s between the first and
-    the last commit (read from the records), and whether it stopped cleanly."""
+    the last commit (read from the records), and whether it stopped cleanly. ``members`` > 1
+    runs that many consumer processes, one per partition (the setup's ``partitions``)."""
     try:
-        proc = _consume_published(setup, work)
+        procs = _consume_published(setup, work, members)
         try:
-            _wait_applied(setup, proc, work.jobs, len(work), timeout_s=1800)
+            _wait_applied(setup, procs, work.jobs, len(work), timeout_s=1800)
         finally:
-            code = _stop(proc)
+            code = max(_stop(proc) for proc in procs)
         _check_clean(setup, len(work) + work.jobs)
         dates = sorted(commit_dates(setup).values())
         if len(dates) != len(work):
@@ -296,7 +328,7 @@ def latency(setup: Setup, work: Workload, rate: float) -> dict:
                                       pika.BasicProperties(delivery_mode=2,
                                                            message_id=e.message_id))
             conn.close()
-            _wait_applied(setup, proc, work.jobs, len(work), timeout_s=1800)
+            _wait_applied(setup, [proc], work.jobs, len(work), timeout_s=1800)
         finally:
             code = _stop(proc)
         _check_clean(setup, len(work) + work.jobs)
@@ -321,7 +353,7 @@ def _percentile(values: list[float], pct: float) -> float:
 def memory(setup: Setup, work: Workload, first: int) -> dict:
     """Peak RSS (MB) of the consumer once ``first`` events are applied, and at the end."""
     try:
-        proc = _consume_published(setup, work)
+        [proc] = _consume_published(setup, work)
         marks: dict[str, float] = {}
 
         def watch(done: int) -> None:
@@ -329,7 +361,7 @@ def memory(setup: Setup, work: Workload, first: int) -> dict:
                 marks["first"] = peak_rss_mb(proc.pid)
 
         try:
-            _wait_applied(setup, proc, work.jobs, len(work), timeout_s=3600, on_progress=watch)
+            _wait_applied(setup, [proc], work.jobs, len(work), timeout_s=3600, on_progress=watch)
             marks["last"] = peak_rss_mb(proc.pid)
         finally:
             code = _stop(proc)

@@ -36,6 +36,9 @@ import reactor_runs as runs  # noqa: E402
 from workload import Workload, body  # noqa: E402
 
 PREFETCH = 100  # the consumer's default prefetch (config key ``prefetch``)
+# Consumer processes of the scaled-out run: one per core, each a ``--member`` of as many
+# partitions (each process is bound by its interpreter lock, so a core each is the most it uses).
+PROCESSES = max(2, os.cpu_count() or 2)
 
 # Workload sizes per profile. FerretDB (the MongoDB-wire server here) applies ~20-100 updates/s,
 # so its workload is smaller; each ratio compares runs on the same workload.
@@ -139,6 +142,10 @@ def main() -> int:
                     log(f"  end to end: {kind}, {mode}")
                     setup = runs.Setup(kind, amqp, work, mongo, options)
                     add(f"e2e_{kind}_{mode}", runs.end_to_end(setup, wl)["msgs_s"])
+            if group:
+                log(f"  end to end: sqlite, group, {PROCESSES} processes")
+                setup = runs.Setup("sqlite", amqp, work, mongo, {**group, "partitions": PROCESSES})
+                add("e2e_sqlite_procs", runs.end_to_end(setup, sq, members=PROCESSES)["msgs_s"])
         log("latency at half the measured maximum")
         latency = {}
         for mode, options in modes.items():
@@ -206,6 +213,11 @@ def report(info, profile, r, latency, cpu, cold, mem, sq, mg, has_group) -> None
             rows.append((f"  latency {kind}, {label}", f"p50 {lat['p50_ms']:.1f} ms, p99 "
                          f"{lat['p99_ms']:.1f} ms", f"at {lat['rate']:,.0f} msgs/s, "
                          f"{lat['count']} msgs, from {lat['source']}"))
+    if "e2e_sqlite_procs" in m:
+        rows.append((f"e2e sqlite, group commit, {PROCESSES} processes",
+                     f"{m['e2e_sqlite_procs']:,.0f} msgs/s",
+                     f"vs store ceiling {m['e2e_sqlite_procs'] / m['store_sqlite']:.2f}×; "
+                     f"--member i/{PROCESSES} of {PROCESSES} partitions"))
     rows += [
         ("CPU per message", f"{cpu['total']:.1f} µs", f"prepare {cpu['prepare']:.1f} + plan "
          f"{cpu['plan']:.1f} + update {cpu['update']:.1f}"),
@@ -245,6 +257,10 @@ def report(info, profile, r, latency, cpu, cold, mem, sq, mg, has_group) -> None
            for mode in ("one", "group") for k in ("sqlite", "mongo") if f"e2e_{k}_{mode}" in m},
         **{f"ratio_{k}_{mode}": round(ratio(k, mode), 3)
            for mode in ("one", "group") for k in ("sqlite", "mongo") if f"e2e_{k}_{mode}" in m},
+        **({"e2e_sqlite_group_processes_msgs_s": round(m["e2e_sqlite_procs"]),
+            "ratio_sqlite_group_processes": round(m["e2e_sqlite_procs"] / min(
+                broker_for["group"], m["store_sqlite"]), 3),
+            "consumer_processes": PROCESSES} if "e2e_sqlite_procs" in m else {}),
         **{f"p99_ms_{k}": round(v["p99_ms"], 1) for k, v in latency.items()},
         **{f"p50_ms_{k}": round(v["p50_ms"], 1) for k, v in latency.items()},
         "cpu_us_breakdown": {k: round(v, 1) for k, v in cpu.items() if k != "total"},

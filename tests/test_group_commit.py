@@ -102,6 +102,45 @@ def test_a_missed_change_is_applied_by_the_one_by_one_fallback(jobs):
     assert [h.get("key") for h in jobs.get(uuid)["history"]] == [None, None, "msg-1"]
 
 
+def test_a_batch_spanning_several_statement_chunks_gives_the_one_by_one_results(
+        sqlite_uri, authority, monkeypatch):
+    """SQLite commits a batch with a few set-wide statements per chunk of changes: misses of
+    every kind in every chunk, and a chunk with nothing left to write, change nothing else."""
+    from reactor.identifiers import pipeline_uuid
+    from reactor.jobs import Jobs
+
+    jobs = Jobs(SqliteJobStore(sqlite_uri), authority)
+    jobs.pipeline_uuid = pipeline_uuid("test-pipeline")
+    jobs.store.add_pipeline({"uuid": jobs.pipeline_uuid, "name": "test-pipeline"})
+    monkeypatch.setattr("reactor.store.sqlite._SET_CHUNK", 4)
+    a, b = twins(jobs, 10)
+    changes = {}
+    for side in (a, b):
+        side_changes = conflicting_changes(jobs, side)  # 6 changes: 2 applied, 4 missed
+        jobs.store.commit_event(side[5], "CREATED", "CREATED", entry("update", key="again"))
+        side_changes += [
+            (side[5], "CREATED", "CREATED", entry("update", key="again")),   # repeated key
+            (side[6], "CREATED", "RUNNING", entry("run")),                   # no key at all
+            (side[7], "RUNNING", "RUNNING", entry("update", key="k7")),      # stale from_state
+            (side[8], "CREATED", "RUNNING", entry("run", key="k8")),
+            (side[9], "CREATED", "CREATED", entry("update", key="k9")),
+        ]
+        changes[side[0]] = side_changes
+    one_by_one = [jobs.store.commit_event(*change) for change in changes[a[0]]]
+    batch = jobs.store.commit_events(changes[b[0]])
+    assert [r is not None for r in batch] == [True, True, False, False, False, False,
+                                              False, True, False, True, True]
+    assert [same_shape(r, c[0]) for r, c in zip(batch, changes[b[0]])] == \
+        [same_shape(r, c[0]) for r, c in zip(one_by_one, changes[a[0]])]
+    for x, y in zip(a, b):
+        assert same_shape(jobs.store.get_job(y, include_hidden=True), y) == \
+            same_shape(jobs.store.get_job(x, include_hidden=True), x)
+    light = jobs.store.commit_events([(u, "RUNNING", "RUNNING", entry("update", key="z"))
+                                      for u in (b[0], b[6], b[8])], with_history=False)
+    assert [r["revision"] for r in light] == [3, 3, 3] and all("history" not in r for r in light)
+    jobs.store.close()
+
+
 def test_an_empty_batch_touches_nothing(store):
     assert store.commit_events([]) == []
 

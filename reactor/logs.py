@@ -77,6 +77,11 @@ def _timestamp(record: logging.LogRecord) -> str:
     return f"{cached[1]}{int(record.msecs):03d}Z"
 
 
+# One encoder for every line (json.dumps with options builds one per call); default=str: a
+# field of an unexpected type must not cost the whole line.
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, the record's fields, exc."""
 
@@ -91,9 +96,7 @@ class JsonFormatter(logging.Formatter):
             doc["exc"] = mask_text(self.formatException(record.exc_info))
         if record.stack_info:
             doc["stack"] = mask_text(self.formatStack(record.stack_info))
-        # default=str: a field of an unexpected type must not cost the whole line.
-        line = json.dumps(doc, ensure_ascii=False, default=str, separators=(",", ":"))
-        return mask_text(line)
+        return mask_text(_LINE_ENCODER.encode(doc))
 
 
 class ConsoleFormatter(logging.Formatter):

@@ -98,31 +98,23 @@ class Setup:
 
         return Topology.from_settings(self.app.settings)
 
-    def health_file(self, member: int = 0) -> Path:
-        """The health file of consumer ``member``."""
-        return self.workdir / f"health-{self.names['queue']}{f'-m{member}' if member else ''}.json"
-
     @property
     def health_path(self) -> Path:
-        """The (first) consumer's health file."""
-        return self.health_file(0)
-
-    def log_file(self, member: int = 0) -> Path:
-        """Where consumer ``member`` logs."""
-        return self.workdir / f"consumer-{self.names['queue']}{f'-m{member}' if member else ''}.log"
+        """The consumer's health file."""
+        return self.workdir / f"health-{self.names['queue']}.json"
 
     @property
     def log_path(self) -> Path:
-        return self.log_file(0)
+        return self.workdir / f"consumer-{self.names['queue']}.log"
 
-    def start_consumer(self, member: int = 0, members: int = 1) -> subprocess.Popen:
-        """``reactor consume`` (as ``--member member/members``) with a health file; its log goes
-        to the work directory."""
-        log = open(self.log_file(member), "wb")
-        command = [*reactor_command(), "consume", "--health-file", str(self.health_file(member)),
+    def start_consumer(self, processes: int = 1) -> subprocess.Popen:
+        """``reactor consume`` (``--processes``, one member each of the setup's ``partitions``)
+        with a health file; its log goes to the work directory."""
+        log = open(self.log_path, "wb")
+        command = [*reactor_command(), "consume", "--health-file", str(self.health_path),
                    "--health-interval", "0.2"]
-        if members > 1:
-            command += ["--member", f"{member}/{members}"]
+        if processes > 1:
+            command += ["--processes", str(processes)]
         proc = subprocess.Popen(command, cwd=self.workdir, env=self.env(), stdout=log, stderr=log)
         log.close()
         return proc
@@ -226,7 +218,7 @@ def _wait_ready(proc: subprocess.Popen, health: Path, timeout_s: float = 120) ->
         time.sleep(0.05)
 
 
-def _wait_applied(setup: Setup, procs: list[subprocess.Popen], jobs: int, total: int,
+def _wait_applied(setup: Setup, proc: subprocess.Popen, jobs: int, total: int,
                   timeout_s: float, on_progress=None) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -235,10 +227,9 @@ def _wait_applied(setup: Setup, procs: list[subprocess.Popen], jobs: int, total:
             on_progress(done)
         if done >= total:
             return
-        for member, proc in enumerate(procs):
-            if proc.poll() is not None:
-                raise RuntimeError(f"consumer exited with {proc.returncode} after {done} of "
-                                   f"{total}; log: {setup.log_file(member)}")
+        if proc.poll() is not None:
+            raise RuntimeError(f"consumer exited with {proc.returncode} after {done} of {total}; "
+                               f"log: {setup.log_path}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {done} of {total} applied after {timeout_s:.0f}s")
         time.sleep(0.25)
@@ -277,25 +268,24 @@ def _check_clean(setup: Setup, expected: int) -> None:
         raise RuntimeError("not every event was applied")
 
 
-def _consume_published(setup: Setup, work: Workload, members: int = 1) -> list[subprocess.Popen]:
-    """Create the jobs, pre-publish the whole workload, then start ``members`` consumers
-    (``reactor consume``, or one ``--member i/members`` each when several)."""
+def _consume_published(setup: Setup, work: Workload, processes: int = 1) -> subprocess.Popen:
+    """Create the jobs, pre-publish the whole workload, then start ``reactor consume``."""
     uuids, tokens = setup.create_jobs(work.jobs)
     setup.declare()
     _publish_workload(setup, work, uuids, tokens)
-    return [setup.start_consumer(i, members) for i in range(members)]
+    return setup.start_consumer(processes)
 
 
-def end_to_end(setup: Setup, work: Workload, members: int = 1) -> dict:
+def end_to_end(setup: Setup, work: Workload, processes: int = 1) -> dict:
     """``reactor consume`` draining the pre-published workload: msgs/s between the first and
-    the last commit (read from the records), and whether it stopped cleanly. ``members`` > 1
-    runs that many consumer processes, one per partition (the setup's ``partitions``)."""
+    the last commit (read from the records), and whether it stopped cleanly. ``processes`` > 1
+    is ``reactor consume --processes`` (the setup's ``partitions`` must be at least that)."""
     try:
-        procs = _consume_published(setup, work, members)
+        proc = _consume_published(setup, work, processes)
         try:
-            _wait_applied(setup, procs, work.jobs, len(work), timeout_s=1800)
+            _wait_applied(setup, proc, work.jobs, len(work), timeout_s=1800)
         finally:
-            code = max(_stop(proc) for proc in procs)
+            code = _stop(proc)
         _check_clean(setup, len(work) + work.jobs)
         dates = sorted(commit_dates(setup).values())
         if len(dates) != len(work):
@@ -328,7 +318,7 @@ def latency(setup: Setup, work: Workload, rate: float) -> dict:
                                       pika.BasicProperties(delivery_mode=2,
                                                            message_id=e.message_id))
             conn.close()
-            _wait_applied(setup, [proc], work.jobs, len(work), timeout_s=1800)
+            _wait_applied(setup, proc, work.jobs, len(work), timeout_s=1800)
         finally:
             code = _stop(proc)
         _check_clean(setup, len(work) + work.jobs)
@@ -353,7 +343,7 @@ def _percentile(values: list[float], pct: float) -> float:
 def memory(setup: Setup, work: Workload, first: int) -> dict:
     """Peak RSS (MB) of the consumer once ``first`` events are applied, and at the end."""
     try:
-        [proc] = _consume_published(setup, work)
+        proc = _consume_published(setup, work)
         marks: dict[str, float] = {}
 
         def watch(done: int) -> None:
@@ -361,7 +351,7 @@ def memory(setup: Setup, work: Workload, first: int) -> dict:
                 marks["first"] = peak_rss_mb(proc.pid)
 
         try:
-            _wait_applied(setup, [proc], work.jobs, len(work), timeout_s=3600, on_progress=watch)
+            _wait_applied(setup, proc, work.jobs, len(work), timeout_s=3600, on_progress=watch)
             marks["last"] = peak_rss_mb(proc.pid)
         finally:
             code = _stop(proc)

@@ -36,8 +36,8 @@ import reactor_runs as runs  # noqa: E402
 from workload import Workload, body  # noqa: E402
 
 PREFETCH = 100  # the consumer's default prefetch (config key ``prefetch``)
-# Consumer processes of the scaled-out run: one per core, each a ``--member`` of as many
-# partitions (each process is bound by its interpreter lock, so a core each is the most it uses).
+# ``reactor consume --processes`` of the scaled-out run: one per core (a process is bound by
+# its interpreter lock, so a core each is the most it uses), on as many partitions.
 PROCESSES = max(2, os.cpu_count() or 2)
 
 # Workload sizes per profile. FerretDB (the MongoDB-wire server here) applies ~20-100 updates/s,
@@ -145,7 +145,7 @@ def main() -> int:
             if group:
                 log(f"  end to end: sqlite, group, {PROCESSES} processes")
                 setup = runs.Setup("sqlite", amqp, work, mongo, {**group, "partitions": PROCESSES})
-                add("e2e_sqlite_procs", runs.end_to_end(setup, sq, members=PROCESSES)["msgs_s"])
+                add("e2e_sqlite_procs", runs.end_to_end(setup, sq, PROCESSES)["msgs_s"])
         log("latency at half the measured maximum")
         latency = {}
         for mode, options in modes.items():
@@ -217,7 +217,7 @@ def report(info, profile, r, latency, cpu, cold, mem, sq, mg, has_group) -> None
         rows.append((f"e2e sqlite, group commit, {PROCESSES} processes",
                      f"{m['e2e_sqlite_procs']:,.0f} msgs/s",
                      f"vs store ceiling {m['e2e_sqlite_procs'] / m['store_sqlite']:.2f}×; "
-                     f"--member i/{PROCESSES} of {PROCESSES} partitions"))
+                     f"reactor consume --processes {PROCESSES}, {PROCESSES} partitions"))
     rows += [
         ("CPU per message", f"{cpu['total']:.1f} µs", f"prepare {cpu['prepare']:.1f} + plan "
          f"{cpu['plan']:.1f} + update {cpu['update']:.1f}"),

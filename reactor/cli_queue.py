@@ -43,17 +43,28 @@ def _member(value: str) -> tuple[int, int]:
               help="Address of the metrics endpoint.")
 @click.option("--member", default="0/1", show_default=True, metavar="INDEX/COUNT",
               help="With --partitions: consume the partitions p with p % COUNT == INDEX.")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(min=1),
+              metavar="N", help="Run N consumer processes, member I/N each (needs N or more "
+              "partitions); one process uses about one core. With --health-file, each writes "
+              "PATH.memberI and PATH sums them up; with --metrics-port P, process I serves P+I.")
 def consume(health_file: str | None, health_interval: float, grace: float,
             partitions: int | None, member: str, metrics_port: int | None,
-            metrics_host: str) -> None:
+            metrics_host: str, processes: int) -> None:
     """Consume events from RabbitMQ until SIGTERM/SIGINT; ack each only after its commit."""
-    from .consumer import Consumer, HealthFile, Limits
+    from .consumer import Consumer, Limits
+    from .health import HealthFile
     from .logs import setup_logging
     from .metrics import Metrics
     from .pipeline import Pipeline
     from .transport import Topology
 
     index, members = _member(member)
+    if processes > 1:
+        if members != 1:
+            raise click.UsageError("--processes and --member cannot be combined: --processes N "
+                                   "starts members 0/N … N-1/N itself")
+        _supervise(processes, partitions, health_file, health_interval, grace, metrics_port,
+                   metrics_host)
     app = app_from_context()
     metrics = Metrics()
     try:
@@ -83,6 +94,35 @@ def consume(health_file: str | None, health_interval: float, grace: float,
     if consumer.transport.error:
         click.echo(f"reactor: error: {consumer.transport.error}", err=True)
     sys.exit(code)
+
+
+def _supervise(processes: int, partitions: int | None, health_file: str | None,
+               health_interval: float, grace: float, metrics_port: int | None,
+               metrics_host: str) -> None:
+    """``consume --processes N``: start and watch N members; exits with their outcome."""
+    from .health import HealthFile
+    from .logs import setup_logging
+    from .supervisor import Supervisor, plan
+
+    root = click.get_current_context().find_root().params
+    root_args = (["--config", root["config_path"]] if root.get("config_path") else []) + \
+        (["--debug"] if root.get("debug") else [])
+    app = app_from_context()  # the configuration is checked here, before anything starts
+    try:
+        broker_url(app)
+        settings = app.settings
+        setup_logging(settings.log_level, settings.log_format)
+        children = plan(processes, settings.partitions if partitions is None else partitions,
+                        grace_s=grace, health_file=health_file,
+                        health_interval_s=health_interval, metrics_port=metrics_port,
+                        metrics_host=metrics_host, root_args=root_args)
+    except _EXPECTED as exc:
+        handle_error(exc)
+    finally:
+        app.close()
+    supervisor = Supervisor(children, grace, HealthFile(health_file) if health_file else None,
+                            health_interval)
+    sys.exit(supervisor.run())
 
 
 @click.command()

@@ -29,9 +29,7 @@ goes through the one-by-one path above, in order, with its retries and outage pa
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import queue as _queue
 import signal
 import threading
@@ -39,13 +37,13 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from tenacity import (Retrying, retry_if_exception_type, retry_if_result, stop_after_attempt,
                       stop_when_event_set, wait_exponential, wait_random)
 
 from .errors import ConfigError
+from .health import HealthFile
 from .logs import FIELDS_ATTR, batched, outcome_fields
 from .outcomes import REJECTED, RETRY, Outcome
 from .records import now_iso
@@ -166,31 +164,6 @@ def _backoff(first_s: float, cap_s: float):
 def scrub(text: str, delivery: Delivery) -> str:
     """``text`` with token-like values and the message's own token masked (for headers, logs)."""
     return tokens.scrub(text, [body_token(delivery.body)])
-
-
-class HealthFile:
-    """A JSON file rewritten every few seconds while the consumer runs (liveness/readiness).
-
-    Fresh mtime = the IO loop is alive; ``"status": "consuming"`` = ready. Removed on exit.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def write(self, status: str, counts: Mapping[str, int]) -> None:
-        """Replace the file atomically with the current status."""
-        doc = {"status": status, "pid": os.getpid(), "updated": now_iso(),
-               "counts": dict(counts)}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
-
-    def remove(self) -> None:
-        """Delete the file (the consumer has stopped)."""
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 _STOP = object()

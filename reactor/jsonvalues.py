@@ -46,19 +46,32 @@ def _walk(value: Any, depth: int, max_depth: int) -> None:
         if not math.isfinite(value):
             raise _Bad(ValueError, f"{{where}} is {value!r}; JSON has no NaN or infinity")
     elif isinstance(value, dict):
+        inline = depth < max_depth  # children are one level deeper: still allowed
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _Bad(NotJSON, f"{{where}} has a non-string key {_braces(repr(key))} "
                            f"({type(key).__name__}); JSON object keys must be strings, e.g. "
                            f"{_braces(repr(str(key)))}")
-            _descend(item, key, depth, max_depth)
+            if not (inline and _plain_leaf(item)):
+                _descend(item, key, depth, max_depth)
     elif isinstance(value, (list, tuple)):
+        inline = depth < max_depth
         for index, item in enumerate(value):
-            _descend(item, index, depth, max_depth)
+            if not (inline and _plain_leaf(item)):
+                _descend(item, index, depth, max_depth)
     else:
         raise _Bad(NotJSON, f"{{where}} is a {type(value).__name__}, which JSON cannot "
                    "represent; use a dict, list, string, number, boolean or None (e.g. a list "
                    "instead of a set)")
+
+
+def _plain_leaf(item: Any) -> bool:
+    """True for a valid leaf of an exact plain type: checked in place, without a call to
+    ``_walk`` (most of a document is leaves). Anything else takes the full walk."""
+    kind = type(item)
+    return kind is str or item is None or kind is bool or \
+        (kind is int and INT64_MIN <= item <= INT64_MAX) or \
+        (kind is float and math.isfinite(item))
 
 
 def _descend(item: Any, part: Any, depth: int, max_depth: int) -> None:

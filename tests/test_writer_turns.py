@@ -117,7 +117,8 @@ from reactor import records
 from reactor.store.sqlite import SqliteJobStore
 store = SqliteJobStore(sys.argv[1])
 for i in range(60):
-    batch = [(u, "CREATED", "CREATED", records.history_entry("update", {"i": i}, "%s", f"{sys.argv[2]}-{i}"))
+    key = f"{sys.argv[2]}-{i}"
+    batch = [(u, "CREATED", "CREATED", records.history_entry("update", {"i": i}, "%s", key))
              for u in sys.argv[3:]]
     assert all(r is not None for r in store.commit_events(batch, with_history=False))
 store.close()

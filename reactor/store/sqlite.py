@@ -1,8 +1,10 @@
 """Embedded store: one SQLite file (stdlib ``sqlite3``), safe for several processes at once.
 
 Every write runs in a ``BEGIN IMMEDIATE`` transaction, so the read-check-write of a
-compare-and-set is atomic across processes; WAL mode lets readers proceed while one writer holds
-the lock, and a read of several rows runs in one read transaction (one snapshot).
+compare-and-set is atomic across processes (the reactor's writers first take turns through a
+lock file, ``writer_turns``, so none sleeps in SQLite's busy handler); WAL mode lets readers
+proceed while one writer holds the lock, and a read of several rows runs in one read
+transaction (one snapshot).
 
 Layout (schema version 2, ``PRAGMA user_version``): table ``jobs`` holds one row per job, its
 record as created *without* ``history`` as JSON text (``body``) beside the columns queries need;
@@ -409,8 +411,9 @@ class SqliteJobStore(JobStore):
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` inside one ``BEGIN IMMEDIATE`` transaction (the cross-process lock),
         after waiting for this process's turn among the file's writers (``WriterTurns``)."""
+        transaction = self._transaction_of("BEGIN IMMEDIATE", work)
         if self._turns is None:
-            return self._transaction("BEGIN IMMEDIATE", work)
+            return self._run(transaction)
 
         def in_turn(conn: sqlite3.Connection) -> T:
             # Under the mutex (inside _run): the turn belongs to the process, not the thread.
@@ -421,7 +424,6 @@ class SqliteJobStore(JobStore):
                 if taken:
                     self._turns.give_back()
 
-        transaction = self._transaction_of("BEGIN IMMEDIATE", work)
         return self._run(in_turn)
 
     def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:

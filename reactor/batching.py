@@ -8,7 +8,9 @@ one SQLite transaction, one MongoDB bulk write), each still its own compare-and-
 the duplicate key. So the guarantees are those of the one-by-one path:
 
 - per job, events apply in delivery order: a batch is cut into *waves*, wave k holding the
-  k-th event of each job, and wave k+1 is planned only after wave k committed;
+  k-th event of each job, planned from the state wave k-1 leads to; the waves go to the store
+  in one write (``JobStore.commit_waves``: one SQLite transaction), wave after wave, and a
+  job's change is not attempted once an earlier one of it missed;
 - a change whose compare-and-set missed (another writer moved the job, a redelivered message,
   a job that is gone) and an event that looks invalid from a remembered state go through
   ``Pipeline.apply``, the one-by-one path, which re-reads the job and decides for certain;
@@ -146,50 +148,63 @@ class GroupCommit:
     # --- one segment (between delete actions) ---------------------------------------------
     def _run_segment(self, indexes: list[int], prepared: list["Prepared"],
                      outcomes: list[Outcome | None], blocked: set[str]) -> None:
-        waves: list[list[int]] = []
-        seen: dict[str, int] = {}
-        for index in indexes:
-            uuid = prepared[index].message.uuid
-            k = seen.get(uuid, 0)
-            seen[uuid] = k + 1
-            if k == len(waves):
-                waves.append([])
-            waves[k].append(index)
-        for wave in waves:
-            self._run_wave([i for i in wave if prepared[i].message.uuid not in blocked],
-                           prepared, outcomes, blocked)
-
-    def _run_wave(self, wave: list[int], prepared: list["Prepared"],
-                  outcomes: list[Outcome | None], blocked: set[str]) -> None:
-        planned: list[tuple[int, Change]] = []
-        fallback: list[int] = []
+        """Plan every event of the segment, each from the state its job's previous event leads
+        to; commit them in one store write of waves; then the one-by-one path for the rest."""
         date = self.jobs.clock()  # one commit, one time
-        for index in wave:
+        expected: dict[str, str | None] = {}  # per job: the state its next event starts from
+        planned: dict[str, int] = {}  # per job: changes planned so far = its next wave
+        held: set[str] = set()  # jobs with an event left to the one-by-one path
+        waves: list[list[tuple[int, Change]]] = []
+        fallback: list[int] = []
+        for index in indexes:
             message, key = prepared[index].message, prepared[index].key
-            state = self._state(message.uuid)
+            uuid = message.uuid
+            if uuid in blocked:
+                continue  # an earlier message of this job is undecided: so is this one
+            if uuid in held:
+                fallback.append(index)  # after its job's earlier event, in order
+                continue
+            if uuid not in expected:
+                expected[uuid] = self._state(uuid)
+            state = expected[uuid]
             if state is None:
                 outcomes[index] = self.pipeline.finish(message, key, UnknownJob(
                     f"no job with uuid {message.uuid}"))
                 continue
             try:
-                change = self.jobs.plan(message.uuid, message.event, message.data,
-                                        message.token, key, state, date)
+                change = self.jobs.plan(uuid, message.event, message.data, message.token, key,
+                                        state, date)
             except AuthError as exc:
-                outcomes[index] = self.pipeline.finish(message, key, exc, state)
+                if planned.get(uuid):  # the state it reports depends on a change in flight
+                    held.add(uuid)
+                    fallback.append(index)
+                else:
+                    outcomes[index] = self.pipeline.finish(message, key, exc, state)
             except MachineError:
-                fallback.append(index)  # the remembered state may be stale: decide for sure
-            else:
-                planned.append((index, change))
-        for (index, change), result in zip(planned, self._commit([c for _, c in planned])):
-            message, key = prepared[index].message, prepared[index].key
-            if result is None:
-                self.cache.drop(message.uuid)
+                # The remembered state may be stale: decide for sure, and the job's later
+                # events after it.
+                held.add(uuid)
                 fallback.append(index)
             else:
-                self.cache.put(message.uuid, result.record["state"])
-                outcomes[index] = self.pipeline.finish(message, key, result)
+                wave = planned.get(uuid, 0)
+                planned[uuid] = wave + 1
+                if wave == len(waves):
+                    waves.append([])
+                waves[wave].append((index, change))
+                expected[uuid] = change.to_state
+        for wave, results in zip(waves, self._commit([[c for _, c in w] for w in waves])):
+            for (index, change), result in zip(wave, results):
+                message, key = prepared[index].message, prepared[index].key
+                if result is None:  # missed, or not tried after its job's earlier miss
+                    self.cache.drop(message.uuid)
+                    fallback.append(index)
+                else:
+                    self.cache.put(message.uuid, result.record["state"])
+                    outcomes[index] = self.pipeline.finish(message, key, result)
         for index in sorted(fallback):
             message, key = prepared[index].message, prepared[index].key
+            if message.uuid in blocked:
+                continue
             outcome = self._apply_alone(message, key)
             outcomes[index] = outcome
             if outcome is None:
@@ -209,19 +224,19 @@ class GroupCommit:
         self.cache.put(uuid, record["state"])
         return record["state"]
 
-    def _commit(self, changes: list[Change]) -> list:
-        """``Jobs.commit_many``; if the store refuses the batch as a whole, every change falls
+    def _commit(self, waves: list[list[Change]]) -> list[list]:
+        """``Jobs.commit_waves``; if the store refuses the batch as a whole, every change falls
         back to the one-by-one path, where each meets its own fate alone."""
-        if not changes:
+        if not waves:
             return []
         try:
-            return self.jobs.commit_many(changes, with_history=False)
+            return self.jobs.commit_waves(waves, with_history=False)
         except (StoreUnavailable, TimeoutError) as exc:
             raise _StoreDown() from exc
         except (StoreError, ValueError) as exc:
             log.warning("the store refused a batch of %d change(s) (%s); applying them one by "
-                        "one", len(changes), mask_text(str(exc)))
-            return [None] * len(changes)
+                        "one", sum(map(len, waves)), mask_text(str(exc)))
+            return [[None] * len(wave) for wave in waves]
 
     def _apply_alone(self, message: EventMessage, key: str) -> Outcome | None:
         """The one-by-one path for one event; None if it could not be decided."""

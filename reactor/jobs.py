@@ -164,6 +164,19 @@ class Jobs:
         return [EventResult(record, True, c.from_state, c.event) if record is not None else None
                 for c, record in zip(changes, committed)]
 
+    def commit_waves(self, waves: list[list[Change]],
+                     with_history: bool = True) -> list[list[EventResult | None]]:
+        """``commit_many`` of each wave in order, in one store write where the store can (one
+        SQLite transaction). Wave k holds the k-th planned change of each job, planned from the
+        state its change in wave k-1 leads to; a change whose job missed earlier is not
+        attempted (None). Apply the Nones one by one, in delivery order."""
+        committed = self.store.commit_waves(
+            [[(c.uuid, c.from_state, c.to_state, c.entry) for c in wave] for wave in waves],
+            with_history=with_history)
+        return [[EventResult(record, True, c.from_state, c.event) if record is not None
+                 else None for c, record in zip(wave, records)]
+                for wave, records in zip(waves, committed)]
+
     def delete(self, uuid: str, token: object, force: bool = True) -> bool:
         """Delete (``force``) or hide a job; needs an administrative token."""
         authorize_delete(self.authority, token)

@@ -6,7 +6,9 @@ see ``records.now_iso``); backends translate to and from their own representatio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterable
+from typing import Callable, Iterable
+
+from .checks import check_flag, check_waves
 
 COLLECTIONS_WITH_LINKS = ("jobs", "pipelines", "files", "references", "experiments", "samples",
                           "measurements")
@@ -56,6 +58,17 @@ class JobStore(ABC):
         (records without ``history`` when ``with_history`` is False, as ``commit_event``)."""
         return [self.commit_event(*change, with_history=with_history) for change in changes]
 
+    def commit_waves(self, waves: Iterable[Iterable[tuple[str, str, str, dict]]],
+                     with_history: bool = True) -> list[list[dict | None]]:
+        """``commit_events`` of each wave in order, as one write where the backend can (SQLite:
+        one transaction). A wave holds at most one change per job; a change whose job missed in
+        an earlier wave is not attempted (None), so no job's changes land out of order.
+        Malformed input refuses every wave before anything is written."""
+        checked = check_waves(waves)
+        check_flag(with_history, "with_history")
+        return apply_in_waves(checked, lambda todo: self.commit_events(
+            todo, with_history=with_history))
+
     @abstractmethod
     def delete_job(self, uuid: str, force: bool = True, only_if_revision: int | None = None) -> bool:
         """Hard-delete (``force``) the job and every reference to its uuid in linkage fields of
@@ -98,3 +111,18 @@ class JobStore(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def apply_in_waves(waves: list[list[tuple]], commit: Callable[[list[tuple]], list]
+                   ) -> list[list[dict | None]]:
+    """Run ``commit`` (one wave's changes → one result each, None for a miss) on each wave in
+    order, leaving out the changes of jobs that missed in an earlier wave (their result: None)."""
+    results: list[list[dict | None]] = []
+    missed: set[str] = set()
+    for wave in waves:
+        todo = [change for change in wave if change[0] not in missed]
+        done = iter(commit(todo) if todo else [])
+        out = [None if change[0] in missed else next(done) for change in wave]
+        missed.update(change[0] for change, result in zip(wave, out) if result is None)
+        results.append(out)
+    return results

@@ -90,6 +90,23 @@ def check_state_change(uuid: Any, from_state: Any, to_state: Any, entry: Any) ->
     return check_entry(entry)
 
 
+def check_waves(waves: Any) -> list[list[tuple[str, str, str, dict]]]:
+    """Return ``waves`` as lists if each is a list of changes ``check_changes`` accepts; a bad
+    one raises ValueError naming its wave and position."""
+    try:
+        items = list(waves)
+    except TypeError:
+        raise ValueError(f"waves must be a sequence of sequences of changes, got "
+                         f"{type(waves).__name__}") from None
+    out = []
+    for index, wave in enumerate(items):
+        try:
+            out.append(check_changes(wave))
+        except ValueError as exc:
+            raise ValueError(f"wave {index}: {exc}") from None
+    return out
+
+
 def check_changes(changes: Any) -> list[tuple[str, str, str, dict]]:
     """Return ``changes`` as a list if every one is a well-formed change for a distinct job.
 

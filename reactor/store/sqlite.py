@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from ..errors import StoreError, StoreUnavailable
-from .base import JobStore
+from .base import JobStore, apply_in_waves
 from .writer_turns import WriterTurns
 from .checks import (
     check_changes, check_collection, check_delete, check_document, check_flag, check_job_record,
-    check_pipeline, check_query, check_state_change, check_uuid, unlink,
+    check_pipeline, check_query, check_state_change, check_uuid, check_waves, unlink,
 )
 
 T = TypeVar("T")
@@ -538,6 +538,19 @@ class SqliteJobStore(JobStore):
         if not batch:
             return []
         return self._write(lambda conn: _compare_and_set_many(conn, batch, with_history))
+
+    def commit_waves(self, waves: Iterable[Iterable[tuple[str, str, str, dict]]],
+                     with_history: bool = True) -> list[list[dict | None]]:
+        """``commit_events`` of each wave in order, all in ONE transaction (one lock, one
+        fsync); a change whose job missed in an earlier wave is not attempted (None).
+        Malformed input refuses every wave before anything is written."""
+        checked = [[(*change, _dumps(change[3])) for change in wave]
+                   for wave in check_waves(waves)]
+        check_flag(with_history, "with_history")
+        if not any(checked):
+            return [[] for _ in checked]
+        return self._write(lambda conn: apply_in_waves(
+            checked, lambda todo: _compare_and_set_many(conn, todo, with_history)))
 
     def delete_job(self, uuid: str, force: bool = True,
                    only_if_revision: int | None = None) -> bool:

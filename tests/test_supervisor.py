@@ -29,11 +29,12 @@ def _children(pid: int) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting to be reaped (by its new parent, once orphaned)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
         return False
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def test_processes_drain_the_partitions_in_order_and_stop_together(setup, tmp_path):
@@ -95,6 +96,20 @@ def test_a_member_that_dies_stops_the_others_and_the_command_fails(setup, tmp_pa
     logs = setup.logs()
     assert f"(pid {victim}) exited with code -9; stopping the others" in logs
     assert "received SIGTERM" in logs  # the other member drained and stopped
+
+
+def test_members_drain_and_stop_when_the_supervisor_is_killed(setup, tmp_path):
+    setup.partitions = 2
+    health = tmp_path / "health.json"
+    proc = setup.start_consumer("--processes", "2", "--partitions", "2", "--health-file",
+                                str(health), "--health-interval", "0.2")
+    doc = wait_until(while_running(lambda: _ready(health), proc), 120, "all members consuming")
+    members = [m["pid"] for m in doc["members"]]
+    proc.kill()  # SIGKILL: the supervisor cannot forward anything
+    proc.wait()
+    wait_until(lambda: not any(_alive(pid) for pid in members), 60,
+               "the members to stop after their supervisor died")
+    assert setup.logs().count("received SIGTERM") == 2
 
 
 @pytest.mark.parametrize("args, message", [

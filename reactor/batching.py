@@ -173,7 +173,7 @@ class GroupCommit:
                 continue
             try:
                 change = self.jobs.plan(uuid, message.event, message.data, message.token, key,
-                                        state, date)
+                                        state, date, private_data=True)
             except AuthError as exc:
                 if planned.get(uuid):  # the state it reports depends on a change in flight
                     held.add(uuid)

@@ -105,13 +105,15 @@ class Jobs:
 
     def apply(self, uuid: str, event: str, data: dict | None = None, token: object = None,
               key: str | None = None, record: dict | None = None,
-              with_history: bool = True) -> EventResult:
+              with_history: bool = True, private_data: bool = False) -> EventResult:
         """Authorise and apply one event with one compare-and-set; a repeated ``key`` is a no-op.
 
         Raises ``MachineError`` (record unchanged) when the event is not allowed from the
         job's state, ``UnknownJob`` and ``AuthError`` as their names say. ``record`` is the
         job as the caller last read it, with or without its history; ``with_history=False``
         returns the applied record without it (the store then never reads the history).
+        ``private_data``: ``data`` was just decoded and nobody else holds it, so the history
+        entry takes it without a copy.
         """
         event = lifecycle.normalize_event(event)
         data = records.check_data(data)
@@ -130,7 +132,7 @@ class Jobs:
                 # the history tells a duplicate from an invalid transition.
                 record = self.get(uuid)
                 continue
-            entry = records.history_entry(event, data, self.clock(), key)
+            entry = records.history_entry(event, data, self.clock(), key, copy=not private_data)
             committed = self.store.commit_event(uuid, from_state, to_state, entry,
                                                 with_history=with_history)
             if committed is not None:
@@ -141,7 +143,7 @@ class Jobs:
 
     # --- group commit: ``apply`` split in two, so many jobs share one store write ------------
     def plan(self, uuid: str, event: str, data: dict | None, token: object, key: str | None,
-             state: str, date: str | None = None) -> Change:
+             state: str, date: str | None = None, private_data: bool = False) -> Change:
         """Authorise ``event`` and compute its change from ``state`` (no I/O).
 
         The same checks as ``apply`` in the same order, raising the same errors; ``state`` is
@@ -150,7 +152,8 @@ class Jobs:
         data = records.check_data(data)
         self.authorize(uuid, event, token)
         to_state = lifecycle.next_state(state, event)
-        entry = records.history_entry(event, data, date or self.clock(), key)
+        entry = records.history_entry(event, data, date or self.clock(), key,
+                                      copy=not private_data)
         return Change(uuid, state, to_state, entry)
 
     def commit_many(self, changes: list[Change],

@@ -99,8 +99,9 @@ class Pipeline:
             # key: reading the history (it grows with every event) would be wasted work.
             record = self.jobs.get(uuid, with_history=False)
             state = record["state"]
+            # The message was decoded here, so its data is ours: no copy for the history entry.
             result = self.jobs.apply(uuid, event, message.data, token=message.token, key=key,
-                                     record=record, with_history=False)
+                                     record=record, with_history=False, private_data=True)
         except EXPECTED_ERRORS as exc:
             return self.finish(message, key, exc, state)
         return self.finish(message, key, result)

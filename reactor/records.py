@@ -48,10 +48,12 @@ def copy_json(value: Any) -> Any:
     return value
 
 
-def history_entry(event: str, data: dict | None, date: str, key: str | None = None) -> dict:
-    """One history entry ``{uuid, name, date, data[, key]}``; ``key`` is the duplicate key."""
+def history_entry(event: str, data: dict | None, date: str, key: str | None = None, *,
+                  copy: bool = True) -> dict:
+    """One history entry ``{uuid, name, date, data[, key]}``; ``key`` is the duplicate key.
+    ``copy=False``: ``data`` is a value nobody else holds (just decoded), used as it is."""
     entry = {"uuid": history_uuid(), "name": event, "date": date,
-             "data": copy_json(data) if data is not None else None}
+             "data": copy_json(data) if data is not None and copy else data}
     if key is not None:
         entry["key"] = key
     return entry

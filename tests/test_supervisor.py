@@ -79,12 +79,19 @@ def _ready(path) -> dict | None:
     return doc if doc.get("status") == "consuming" else None
 
 
-def test_a_member_that_dies_stops_the_others_and_the_command_fails(setup, tmp_path):
+def _two_members(setup: QueueSetup, health) -> tuple:
+    """``consume --processes 2`` on two partitions, once both members consume: (process, the
+    supervisor's health document)."""
     setup.partitions = 2
-    health = tmp_path / "health.json"
     proc = setup.start_consumer("--processes", "2", "--partitions", "2", "--health-file",
                                 str(health), "--health-interval", "0.2")
     doc = wait_until(while_running(lambda: _ready(health), proc), 120, "all members consuming")
+    return proc, doc
+
+
+def test_a_member_that_dies_stops_the_others_and_the_command_fails(setup, tmp_path):
+    health = tmp_path / "health.json"
+    proc, doc = _two_members(setup, health)
     victim, other = (m["pid"] for m in doc["members"])
     os.kill(victim, signal.SIGSTOP)  # wedged: its health file goes stale, and so does readiness
     stale = wait_until(while_running(lambda: _status(health) == "unresponsive", proc), 60,
@@ -99,11 +106,7 @@ def test_a_member_that_dies_stops_the_others_and_the_command_fails(setup, tmp_pa
 
 
 def test_members_drain_and_stop_when_the_supervisor_is_killed(setup, tmp_path):
-    setup.partitions = 2
-    health = tmp_path / "health.json"
-    proc = setup.start_consumer("--processes", "2", "--partitions", "2", "--health-file",
-                                str(health), "--health-interval", "0.2")
-    doc = wait_until(while_running(lambda: _ready(health), proc), 120, "all members consuming")
+    proc, doc = _two_members(setup, tmp_path / "health.json")
     members = [m["pid"] for m in doc["members"]]
     proc.kill()  # SIGKILL: the supervisor cannot forward anything
     proc.wait()

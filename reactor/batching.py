@@ -3,8 +3,8 @@
 A message costs the store one commit on the one-by-one path (``Pipeline.process``), and a
 durable commit costs an fsync or a round trip however small the change. Here a batch of
 messages is parsed first (no I/O), each event is planned against the state its job was last
-seen in, and the changes of distinct jobs go to the store together (``JobStore.commit_events``:
-one SQLite transaction, one MongoDB bulk write), each still its own compare-and-set carrying
+seen in, and the changes go to the store together (``JobStore.commit_waves``: one SQLite
+transaction; on MongoDB one bulk write per wave), each still its own compare-and-set carrying
 the duplicate key. So the guarantees are those of the one-by-one path:
 
 - per job, events apply in delivery order: a batch is cut into *waves*, wave k holding the
@@ -150,6 +150,8 @@ class GroupCommit:
                      outcomes: list[Outcome | None], blocked: set[str]) -> None:
         """Plan every event of the segment, each from the state its job's previous event leads
         to; commit them in one store write of waves; then the one-by-one path for the rest."""
+        if not indexes:
+            return
         date = self.jobs.clock()  # one commit, one time
         expected: dict[str, str | None] = {}  # per job: the state its next event starts from
         planned: dict[str, int] = {}  # per job: changes planned so far = its next wave

@@ -21,7 +21,7 @@ the dead-letter queue instead of looping. Tokens never reach headers or logs.
 Group commit (``batch_size`` > 1; the configuration's default is 50, while this class defaults
 to 1 for callers that build it directly): the worker takes what has arrived, up to
 ``batch_size`` deliveries, waiting at most ``batch_wait_ms`` for a partial batch to fill, and
-applies them with ``reactor.batching.GroupCommit`` (one store write per wave of distinct jobs).
+applies them with ``reactor.batching.GroupCommit`` (one store write for the batch).
 Only after that commit are they settled: rejections exactly as above, each on its own, and
 the applied and duplicate ones with one multiple-ack that never reaches a delivery still held
 for another reason. Whatever the batch could not decide (the store failed mid-batch, a bug)

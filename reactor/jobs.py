@@ -36,7 +36,7 @@ class EventResult:
 @dataclass(frozen=True)
 class Change:
     """One planned compare-and-set: job ``uuid`` from ``from_state`` to ``to_state``, adding
-    ``entry`` to its history (what ``Jobs.plan`` computes and ``Jobs.commit_many`` writes)."""
+    ``entry`` to its history (what ``Jobs.plan`` computes and ``Jobs.commit_waves`` writes)."""
 
     uuid: str
     from_state: str
@@ -147,7 +147,7 @@ class Jobs:
         """Authorise ``event`` and compute its change from ``state`` (no I/O).
 
         The same checks as ``apply`` in the same order, raising the same errors; ``state`` is
-        only the expected state: the compare-and-set in ``commit_many`` verifies it."""
+        only the expected state: the compare-and-set in ``commit_waves`` verifies it."""
         event = lifecycle.normalize_event(event)
         data = records.check_data(data)
         self.authorize(uuid, event, token)
@@ -156,23 +156,14 @@ class Jobs:
                                       copy=not private_data)
         return Change(uuid, state, to_state, entry)
 
-    def commit_many(self, changes: list[Change],
-                    with_history: bool = True) -> list[EventResult | None]:
-        """Commit planned changes for distinct jobs in one store write; None for each change
-        whose compare-and-set missed (stale state, repeated key, job gone): ``apply`` those
-        one by one, which re-reads the job and recognises a duplicate."""
-        committed = self.store.commit_events(
-            [(c.uuid, c.from_state, c.to_state, c.entry) for c in changes],
-            with_history=with_history)
-        return [EventResult(record, True, c.from_state, c.event) if record is not None else None
-                for c, record in zip(changes, committed)]
-
     def commit_waves(self, waves: list[list[Change]],
                      with_history: bool = True) -> list[list[EventResult | None]]:
-        """``commit_many`` of each wave in order, in one store write where the store can (one
-        SQLite transaction). Wave k holds the k-th planned change of each job, planned from the
-        state its change in wave k-1 leads to; a change whose job missed earlier is not
-        attempted (None). Apply the Nones one by one, in delivery order."""
+        """Commit planned changes in one store write where the store can (one SQLite
+        transaction), wave after wave. A wave holds changes of distinct jobs; wave k holds the
+        k-th planned change of each job, planned from the state its change in wave k-1 leads
+        to. None for each change whose compare-and-set missed (stale state, repeated key, job
+        gone) or whose job missed earlier (not attempted): ``apply`` those one by one, in
+        delivery order; that re-reads the job and recognises a duplicate."""
         committed = self.store.commit_waves(
             [[(c.uuid, c.from_state, c.to_state, c.entry) for c in wave] for wave in waves],
             with_history=with_history)

@@ -79,12 +79,3 @@ def new_job_record(*, uuid: str, pipeline_uuid: str, data: dict, date: str,
 def applied_keys(record: dict) -> set[str]:
     """Duplicate keys of every event already applied to ``record``."""
     return {h["key"] for h in record.get("history", ()) if h.get("key")}
-
-
-def apply_to_record(record: dict, to_state: str, entry: dict) -> dict:
-    """The record as it is after a committed transition (mirrors what the stores write)."""
-    out = dict(record)
-    out.update(state=to_state, last_event=entry["name"], updated=entry["date"],
-               revision=record.get("revision", 0) + 1,
-               history=list(record.get("history", ())) + [entry])
-    return out

@@ -92,12 +92,12 @@ def test_a_missed_change_is_applied_by_the_one_by_one_fallback(jobs):
     token = jobs.authority.job_token(uuid)
     jobs.apply(uuid, "run", token=token)  # another writer moved the job: CREATED → RUNNING
     stale = jobs.plan(uuid, "update", {"x": 1}, token, "msg-1", "CREATED")
-    assert jobs.commit_many([stale]) == [None]
+    assert jobs.commit_waves([[stale]]) == [[None]]
     result = jobs.apply(uuid, "update", {"x": 1}, token=token, key="msg-1")
     assert result.applied and result.from_state == "RUNNING"
     # and a change whose key was applied meanwhile falls back to a duplicate, not a 2nd entry
     again = jobs.plan(uuid, "update", {"x": 1}, token, "msg-1", "RUNNING")
-    assert jobs.commit_many([again]) == [None]
+    assert jobs.commit_waves([[again]]) == [[None]]
     assert jobs.apply(uuid, "update", {"x": 1}, token=token, key="msg-1").duplicate
     assert [h.get("key") for h in jobs.get(uuid)["history"]] == [None, None, "msg-1"]
 

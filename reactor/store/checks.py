@@ -172,22 +172,22 @@ def check_job_record(record: Any) -> dict:
 
 def check_pipeline(doc: Any) -> dict:
     """Return ``doc`` if it is a registrable pipeline ``{uuid, name, ...}``, else ValueError."""
-    if not isinstance(doc, dict):
-        raise ValueError(f"pipeline must be a dict, got {type(doc).__name__}")
-    _check_top_level(doc, "pipeline")
-    check_uuid(doc.get("uuid"), "pipeline 'uuid'")
-    check_uuid(doc.get("name"), "pipeline 'name'")
-    check_json(doc, "pipeline")
-    return doc
+    return _check_named(doc, "pipeline", ("uuid", "name"))
 
 
 def check_document(doc: Any) -> dict:
     """Return ``doc`` if it is a storable linked document with a ``uuid``, else ValueError."""
+    return _check_named(doc, "document", ("uuid",))
+
+
+def _check_named(doc: Any, what: str, required: tuple[str, ...]) -> dict:
+    """``doc`` if it is a dict with the non-empty string fields ``required``, JSON throughout."""
     if not isinstance(doc, dict):
-        raise ValueError(f"document must be a dict, got {type(doc).__name__}")
-    _check_top_level(doc, "document")
-    check_uuid(doc.get("uuid"), "document 'uuid'")
-    check_json(doc, "document")
+        raise ValueError(f"{what} must be a dict, got {type(doc).__name__}")
+    _check_top_level(doc, what)
+    for name in required:
+        check_uuid(doc.get(name), f"{what} '{name}'")
+    check_json(doc, what)
     return doc
 
 

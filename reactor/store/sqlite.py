@@ -293,17 +293,18 @@ class SqliteJobStore(JobStore):
         # One connection per store, shared by the threads of this process under a lock; other
         # processes open their own connection and SQLite's file locks arbitrate between them.
         self._mutex = threading.RLock()
-        self._turns = WriterTurns(Path(path).expanduser(), busy_timeout_s) \
-            if path != ":memory:" else None
-        if path != ":memory:":
+        file = None if path == ":memory:" else Path(path).expanduser()
+        # Only files have writers in other processes to take turns with.
+        self._turns = None if file is None else WriterTurns(file, busy_timeout_s)
+        if file is not None:
             try:
-                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                file.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create the directory of SQLite store {path}: {exc}") \
                     from None
         try:
-            self._conn = sqlite3.connect(str(Path(path).expanduser()) if path != ":memory:"
-                                         else path, timeout=busy_timeout_s,
+            self._conn = sqlite3.connect(path if file is None else str(file),
+                                         timeout=busy_timeout_s,
                                          isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {path}: {exc}") from None
@@ -533,24 +534,24 @@ class SqliteJobStore(JobStore):
         lock and one fsync instead of one per change. Malformed input refuses the whole batch
         before anything is written.
         """
-        batch = [(*change, _dumps(change[3])) for change in check_changes(changes)]
-        check_flag(with_history, "with_history")
-        if not batch:
-            return []
-        return self._write(lambda conn: _compare_and_set_many(conn, batch, with_history))
+        return self._commit_checked([check_changes(changes)], with_history)[0]
 
     def commit_waves(self, waves: Iterable[Iterable[tuple[str, str, str, dict]]],
                      with_history: bool = True) -> list[list[dict | None]]:
         """``commit_events`` of each wave in order, all in ONE transaction (one lock, one
         fsync); a change whose job missed in an earlier wave is not attempted (None).
         Malformed input refuses every wave before anything is written."""
-        checked = [[(*change, _dumps(change[3])) for change in wave]
-                   for wave in check_waves(waves)]
+        return self._commit_checked(check_waves(waves), with_history)
+
+    def _commit_checked(self, waves: list[list[tuple[str, str, str, dict]]],
+                        with_history: bool) -> list[list[dict | None]]:
+        """Checked waves of changes in one write transaction (none for no change at all)."""
         check_flag(with_history, "with_history")
-        if not any(checked):
-            return [[] for _ in checked]
+        texts = [[(*change, _dumps(change[3])) for change in wave] for wave in waves]
+        if not any(texts):
+            return [[] for _ in texts]
         return self._write(lambda conn: apply_in_waves(
-            checked, lambda todo: _compare_and_set_many(conn, todo, with_history)))
+            texts, lambda todo: _compare_and_set_many(conn, todo, with_history)))
 
     def delete_job(self, uuid: str, force: bool = True,
                    only_if_revision: int | None = None) -> bool:

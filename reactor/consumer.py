@@ -206,6 +206,13 @@ class Consumer:
         self._stop = threading.Event()
         self._outage = False
         self._worker = threading.Thread(target=self._work, name="reactor-worker", daemon=True)
+        # Acks of committed deliveries are held back while more deliveries wait, and sent
+        # together once this many are held or the worker runs out of work: one ack per
+        # delivery cost a wake-up of the IO loop and a round trip to the broker each (about
+        # half of the CPU of one-commit-per-message consuming). A crash meanwhile only means
+        # redeliveries, which the duplicate keys make no-ops.
+        self.ack_every = max(1, prefetch // 4)
+        self._held_acks = 0
         self.exit_code = 0
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -288,7 +295,13 @@ class Consumer:
                 self.exit_code = 1
                 self.request_stop()
             self._done(taken)
+            if self._held_acks >= self.ack_every or self._inbox.empty():
+                self._send_acks()
         self.transport.close()
+
+    def _send_acks(self) -> None:
+        self._held_acks = 0
+        self.transport.send_acks()
 
     def _done(self, count: int) -> None:
         """``count`` deliveries are out of the worker's hands (settled, or left to the broker)."""
@@ -349,7 +362,8 @@ class Consumer:
             else:  # a copy to the retry or dead-letter queue, acked on its own confirm
                 self._settle(delivery, action, attempt, outcome)
         if acks:
-            self.transport.ack_many(acks, after=lambda: self._book_all(books))
+            self.transport.ack_many(acks, after=lambda: self._book_all(books), now=False)
+            self._held_acks += len(acks)
         for delivery, outcome in zip(deliveries, outcomes):
             if outcome is None and not self._stop.is_set():
                 self._handle(delivery)
@@ -370,6 +384,8 @@ class Consumer:
     def _process(self, delivery: Delivery) -> Outcome | None:
         """The outcome, after quick in-process retries of transient (retry) outcomes."""
         outcome = self._process_once(delivery)
+        if outcome.kind == RETRY:
+            self._send_acks()  # what was committed is settled before any wait
         if outcome.kind == RETRY and outcome.reason != INTERNAL_ERROR:
             # Only a transient failure pays for the retry machinery; its first try is the one
             # just made, so the number of tries and the backoff are the configured ones.
@@ -447,7 +463,9 @@ class Consumer:
     def _settle(self, delivery: Delivery, action: Action, attempt: int,
                 outcome: Outcome) -> None:
         if action.kind == ACK:
-            self.transport.ack(delivery, after=self._acked(delivery, outcome, attempt))
+            self.transport.ack_many([delivery], after=self._acked(delivery, outcome, attempt),
+                                    now=False)
+            self._held_acks += 1
             return
         self.counts[f"{action.kind}:{action.reason}"] += 1
         props = forwarded_properties(delivery, action, attempt, outcome.label)

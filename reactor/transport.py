@@ -350,16 +350,25 @@ class ConsumerTransport:
         self.ack_many([delivery], after)
 
     def ack_many(self, deliveries: list[Delivery],
-                 after: Callable[[], None] | None = None) -> None:
+                 after: Callable[[], None] | None = None, *, now: bool = True) -> None:
         """Acknowledge ``deliveries``: one multiple-ack where that settles nothing else; then
-        run ``after`` on the IO thread, as ``ack`` does.
+        run ``after`` on the IO thread, as ``ack`` does. ``now=False`` holds them back until
+        ``send_acks`` (or ``close``).
 
         Acks requested while the IO thread has not yet sent earlier ones join them: one wake-up
         of the IO loop and one multiple-ack for all, instead of one each (each wake-up also
         hands the interpreter lock to the IO thread and back)."""
         with self._acks_lock:
             self._acks.append((list(deliveries), after))
-            if self._acks_scheduled:
+            if not now or self._acks_scheduled:
+                return
+            self._acks_scheduled = True
+        self.threadsafe(self._send_acks)
+
+    def send_acks(self) -> None:
+        """Send the acks that ``ack_many(now=False)`` held back."""
+        with self._acks_lock:
+            if not self._acks or self._acks_scheduled:
                 return
             self._acks_scheduled = True
         self.threadsafe(self._send_acks)
@@ -382,7 +391,7 @@ class ConsumerTransport:
         self.threadsafe(self._begin_stop, grace_s)
 
     def close(self) -> None:
-        """Close once pending confirms are settled, then end ``run``."""
+        """Send held-back acks, close once pending confirms are settled, then end ``run``."""
         self.threadsafe(self._close)
 
     def every(self, seconds: float, fn: Callable[[], None]) -> None:
@@ -675,7 +684,7 @@ class ConsumerTransport:
     def _close(self) -> None:
         self._stopping = True
         self._closing = True
-        self._maybe_finish_close()
+        self._send_acks()  # held-back acks go out before the channel closes
 
     def _maybe_finish_close(self) -> None:
         if not self._closing or self._pending:

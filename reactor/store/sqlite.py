@@ -168,6 +168,9 @@ def _compare_and_set_many(conn: sqlite3.Connection,
     thread may then keep it for a while: a statement per chunk, not per row, keeps the writer
     (and the file's write lock) from waiting behind that thread row after row.
     """
+    if len(batch) == 1:  # set-wide statements cost more than they save for one change
+        uuid, from_state, to_state, entry, text = batch[0]
+        return [_compare_and_set(conn, uuid, from_state, to_state, entry, text, with_history)]
     results: dict[str, dict] = {}
     for start in range(0, len(batch), _SET_CHUNK):
         chunk = batch[start:start + _SET_CHUNK]

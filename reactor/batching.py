@@ -24,7 +24,6 @@ compare-and-set checks every one, so a stale guess costs a fallback, never a wro
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_SIZE = 10_000
-
 
 @dataclass(frozen=True)
 class Item:
@@ -51,39 +48,6 @@ class Item:
     params: Mapping[str, str] | None = None
 
 
-class StateCache:
-    """The state this process last saw each job in, for at most ``size`` jobs (LRU)."""
-
-    def __init__(self, size: int = DEFAULT_CACHE_SIZE):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ValueError(f"cache size must be a non-negative integer, got {size!r}")
-        self.size = size
-        self._states: OrderedDict[str, str] = OrderedDict()
-
-    def get(self, uuid: str) -> str | None:
-        """The remembered state of job ``uuid``, or None."""
-        state = self._states.get(uuid)
-        if state is not None:
-            self._states.move_to_end(uuid)
-        return state
-
-    def put(self, uuid: str, state: str) -> None:
-        """Remember ``state`` for job ``uuid`` (forgetting the least recently used job)."""
-        if not self.size:
-            return
-        self._states[uuid] = state
-        self._states.move_to_end(uuid)
-        if len(self._states) > self.size:
-            self._states.popitem(last=False)
-
-    def drop(self, uuid: str) -> None:
-        """Forget job ``uuid``."""
-        self._states.pop(uuid, None)
-
-    def __len__(self) -> int:
-        return len(self._states)
-
-
 class _StoreDown(Exception):
     """Raised inside a batch when the store stopped answering: decide nothing more."""
 
@@ -91,10 +55,10 @@ class _StoreDown(Exception):
 class GroupCommit:
     """Process batches of messages through one pipeline with group commit."""
 
-    def __init__(self, pipeline: "Pipeline", cache_size: int = DEFAULT_CACHE_SIZE):
+    def __init__(self, pipeline: "Pipeline"):
         self.pipeline = pipeline
         self.jobs = pipeline.jobs
-        self.cache = StateCache(cache_size)
+        self.cache = pipeline.states  # one memory for the batch and the one-by-one path
 
     def process(self, items: Sequence[Item]) -> list[Outcome | None]:
         """One outcome per item, in order; None for each item the batch left undecided (the
@@ -247,14 +211,9 @@ class GroupCommit:
         except Exception as exc:  # noqa: BLE001 - the caller retries it alone and counts it
             log.warning("applying an event to job %s raised %s; leaving it to the one-by-one "
                         "path", message.uuid, type(exc).__name__)
-            self.cache.drop(message.uuid)
             return None
         if outcome.kind == "retry":
             raise _StoreDown(outcome.detail)
-        if outcome.state is not None:
-            self.cache.put(message.uuid, outcome.state)
-        else:
-            self.cache.drop(message.uuid)
         return outcome
 
     def _delete(self, item: Item, uuid: str) -> Outcome | None:

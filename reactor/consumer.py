@@ -287,7 +287,7 @@ class Consumer:
             try:
                 if self._group is None:
                     self._handle(batch[0])
-                else:  # even a batch of one: GroupCommit remembers job states, saving a read
+                else:
                     self._handle_batch(batch)
             except Exception as exc:  # noqa: BLE001 - a bug here must not wedge the consumer
                 log.error("internal error handling delivery %d: %s", batch[0].tag,

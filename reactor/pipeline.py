@@ -15,6 +15,7 @@ from . import messages, schemas
 from .errors import AuthError, MachineError, StoreUnavailable, UnknownJob
 from .messages import DeleteMessage, EventMessage, Message
 from .outcomes import APPLIED, DUPLICATE, REJECTED, Outcome, OutcomeSignal, Reject, Retry
+from .statecache import DEFAULT_CACHE_SIZE, StateCache
 from .tokens import mask_text
 
 if TYPE_CHECKING:
@@ -45,11 +46,14 @@ class Prepared:
 class Pipeline:
     """Size → decode → classify → validate → normalise → authorise → commit → outcome."""
 
-    def __init__(self, jobs: "Jobs", max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, jobs: "Jobs", max_bytes: int = DEFAULT_MAX_BYTES,
+                 cache_size: int = DEFAULT_CACHE_SIZE):
         if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
             raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
         self.jobs = jobs
         self.max_bytes = max_bytes
+        # The state each job was last seen in: an event starts from it instead of a read.
+        self.states = StateCache(cache_size)
         # Compile every schema now, so a broken schema is a start-up error and no message pays
         # for compiling; the ``jsonschema`` copies (error descriptions) compile when first needed.
         schemas.fast_validators()
@@ -93,18 +97,27 @@ class Pipeline:
     def apply(self, message: EventMessage, key: str) -> Outcome:
         """Apply one event message on its own (read, authorise, compare-and-set): its outcome."""
         uuid, event = message.uuid, message.event
-        state = None
+        state = self.states.get(uuid)
         try:
-            # Only the state is needed to decide, and the compare-and-set carries the duplicate
-            # key: reading the history (it grows with every event) would be wasted work.
-            record = self.jobs.get(uuid, with_history=False)
-            state = record["state"]
+            if state is None:
+                # Only the state is needed to decide, and the compare-and-set carries the
+                # duplicate key: reading the history (it grows with every event) would be
+                # wasted work.
+                record = self.jobs.get(uuid, with_history=False)
+                state = record["state"]
+            else:
+                # A remembered state is a guess the compare-and-set checks: if the job moved
+                # meanwhile (another writer, a redelivery), it misses and the job is re-read.
+                record = {"state": state}
             # The message was decoded here, so its data is ours: no copy for the history entry.
             result = self.jobs.apply(uuid, event, message.data, token=message.token, key=key,
                                      record=record, with_history=False, private_data=True)
         except EXPECTED_ERRORS as exc:
+            self.states.drop(uuid)
             return self.finish(message, key, exc, state)
-        return self.finish(message, key, result)
+        outcome = self.finish(message, key, result)
+        self.states.put(uuid, outcome.state)
+        return outcome
 
     def finish(self, message: EventMessage, key: str, result: "EventResult | BaseException",
                state: str | None = None) -> Outcome:
@@ -139,6 +152,7 @@ class Pipeline:
     def _delete(self, message: DeleteMessage, key: str) -> Outcome:
         uuid = message.uuid
         store = self.jobs.store
+        self.states.drop(uuid)
         try:
             done = store.get_document(DELETIONS, uuid)
             if done and done.get("key") == key and self.jobs.authority.is_admin(message.token):

@@ -14,7 +14,8 @@ import pymongo
 import pytest
 
 from reactor import records
-from reactor.batching import GroupCommit, Item, StateCache
+from reactor.batching import GroupCommit, Item
+from reactor.statecache import StateCache
 from reactor.errors import StoreUnavailable
 from reactor.identifiers import typed_uuid
 from reactor.pipeline import Pipeline

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from reactor import schemas
+from reactor.jobs import Jobs
 from reactor.outcomes import REJECT_REASONS
 from reactor.pipeline import Pipeline
 
@@ -93,6 +94,58 @@ def test_apply_without_history_still_tells_a_redelivery_from_a_new_event(jobs):
                        record=jobs.get(uuid, with_history=False), with_history=False)
     assert again.duplicate and again.record["revision"] == 3
     assert [h.get("key") for h in jobs.get(uuid)["history"]] == [None, "id:a", "id:b"]
+
+
+class CountingStore:
+    """The real store, counting the job reads the pipeline makes."""
+
+    def __init__(self, store):
+        self.store, self.reads = store, 0
+
+    def get_job(self, *args, **kwargs):
+        self.reads += 1
+        return self.store.get_job(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_a_job_is_read_once_then_its_state_is_remembered(jobs):
+    uuid, token = new_job(jobs)
+    counting = CountingStore(jobs.store)
+    pipeline = Pipeline(Jobs(counting, jobs.authority))
+    labels = [send(pipeline, event(uuid, name, token)).label
+              for name in ("run", "update", "finish", "index")]
+    assert labels == ["applied"] * 4 and counting.reads == 1
+    assert jobs.get(uuid)["state"] == "INDEXING"
+
+
+def test_a_remembered_state_is_checked_not_trusted(jobs, pipeline):
+    """Another writer moves the job after the pipeline saw it: the compare-and-set misses and
+    the job is re-read, so each event gets the outcome the true state gives it."""
+    uuid, token = new_job(jobs)
+    run = event(uuid, "run", token)
+    assert send(pipeline, run).state == "RUNNING"  # remembered: RUNNING
+    jobs.apply(uuid, "finish", token=token)        # elsewhere: RUNNING → FINISHED
+    stale = send(pipeline, event(uuid, "update", token))  # fits RUNNING, not FINISHED
+    assert (stale.label, stale.state) == ("rejected:invalid_transition", "FINISHED")
+    fresh = send(pipeline, event(uuid, "index", token))   # fits FINISHED only
+    assert (fresh.label, fresh.state) == ("applied", "INDEXING")
+    jobs.apply(uuid, "indexed", token=token)       # elsewhere: INDEXING → FINISHED
+    again = send(pipeline, run)                    # a redelivery, the state long moved on
+    assert (again.label, again.state) == ("duplicate", "FINISHED")
+    assert [h["name"] for h in jobs.get(uuid)["history"]] == \
+        ["create", "run", "finish", "index", "indexed"]
+
+
+def test_a_job_hidden_after_it_was_remembered_is_unknown(jobs, pipeline):
+    uuid, token = new_job(jobs)
+    send(pipeline, event(uuid, "run", token))
+    jobs.store.delete_job(uuid, force=False)  # elsewhere: hidden
+    outcome = send(pipeline, event(uuid, "update", token))
+    assert outcome.label == "rejected:unknown_job"
+    hidden = jobs.store.get_job(uuid, include_hidden=True)
+    assert (hidden["state"], hidden["revision"]) == ("RUNNING", 2)
 
 
 def _rejections(uuid, token, other_token):

@@ -75,6 +75,8 @@ DEAD_LETTER = "dead_letter"
 INTERNAL_ERROR = "internal_error"
 RETRIES_EXHAUSTED = "retries_exhausted"
 INVALID_TRANSITION = "invalid_transition"
+# The longest an ack of a committed delivery is held back to go out with later ones.
+ACK_HOLD_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -207,12 +209,14 @@ class Consumer:
         self._outage = False
         self._worker = threading.Thread(target=self._work, name="reactor-worker", daemon=True)
         # Acks of committed deliveries are held back while more deliveries wait, and sent
-        # together once this many are held or the worker runs out of work: one ack per
-        # delivery cost a wake-up of the IO loop and a round trip to the broker each (about
-        # half of the CPU of one-commit-per-message consuming). A crash meanwhile only means
-        # redeliveries, which the duplicate keys make no-ops.
+        # together once this many are held, the worker runs out of work, or the first held
+        # one would otherwise wait ACK_HOLD_S: one ack per delivery cost a wake-up of the IO
+        # loop and a round trip to the broker each (about half of the CPU of
+        # one-commit-per-message consuming), while slow commits gain nothing from holding.
+        # A crash meanwhile only means redeliveries, which the duplicate keys make no-ops.
         self.ack_every = max(1, prefetch // 4)
         self._held_acks = 0
+        self._held_since = 0.0
         self.exit_code = 0
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -283,6 +287,7 @@ class Consumer:
             batch = [d for d in batch if not self._stop.is_set() and self.transport.is_current(d)]
             if not batch:
                 self._done(taken)
+                self._settle_held(0.0)
                 continue
             try:
                 if self._group is None:
@@ -295,13 +300,27 @@ class Consumer:
                 self.exit_code = 1
                 self.request_stop()
             self._done(taken)
-            if self._held_acks >= self.ack_every or self._inbox.empty():
-                self._send_acks()
+            self._settle_held(time.perf_counter() - self._taken_at)
         self.transport.close()
+
+    def _settle_held(self, last_turn_s: float) -> None:
+        """Send the held acks unless more deliveries wait and holding them through another
+        turn as long as the last one keeps them within ``ack_every`` and ``ACK_HOLD_S``."""
+        if not self._held_acks:
+            return
+        if self._held_acks >= self.ack_every or self._inbox.empty() or \
+                time.perf_counter() - self._held_since + last_turn_s >= ACK_HOLD_S:
+            self._send_acks()
 
     def _send_acks(self) -> None:
         self._held_acks = 0
         self.transport.send_acks()
+
+    def _hold(self, count: int) -> None:
+        """``count`` more acks were handed to the transport to hold."""
+        if not self._held_acks:
+            self._held_since = time.perf_counter()
+        self._held_acks += count
 
     def _done(self, count: int) -> None:
         """``count`` deliveries are out of the worker's hands (settled, or left to the broker)."""
@@ -363,7 +382,7 @@ class Consumer:
                 self._settle(delivery, action, attempt, outcome)
         if acks:
             self.transport.ack_many(acks, after=lambda: self._book_all(books), now=False)
-            self._held_acks += len(acks)
+            self._hold(len(acks))
         for delivery, outcome in zip(deliveries, outcomes):
             if outcome is None and not self._stop.is_set():
                 self._handle(delivery)
@@ -465,7 +484,7 @@ class Consumer:
         if action.kind == ACK:
             self.transport.ack_many([delivery], after=self._acked(delivery, outcome, attempt),
                                     now=False)
-            self._held_acks += 1
+            self._hold(1)
             return
         self.counts[f"{action.kind}:{action.reason}"] += 1
         props = forwarded_properties(delivery, action, attempt, outcome.label)

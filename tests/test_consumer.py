@@ -13,9 +13,9 @@ import pytest
 
 from queue_helpers import (QueueSetup, Workload, count_lines, drain, event, make_jobs,
                            queue_depth, stop, total_depth, wait_until)
-from reactor.consumer import (ATTEMPTS, DEAD_LETTER, DETAIL, EXCHANGE, FIRST_SEEN, MESSAGE_ID,
-                              OUTCOME, REASON, RETRY_LATER, ROUTING_KEY, Action, Consumer,
-                              Limits, attempt_number, decide, forwarded_properties)
+from reactor.consumer import (ACK_HOLD_S, ATTEMPTS, DEAD_LETTER, DETAIL, EXCHANGE, FIRST_SEEN,
+                              MESSAGE_ID, OUTCOME, REASON, RETRY_LATER, ROUTING_KEY, Action,
+                              Consumer, Limits, attempt_number, decide, forwarded_properties)
 from reactor.errors import ConfigError
 from reactor.identifiers import typed_uuid
 from reactor.outcomes import APPLIED, DUPLICATE, REJECTED, RETRY, Outcome
@@ -231,6 +231,32 @@ def test_slow_processing_does_not_starve_heartbeats(setup):
     # 8 s of processing with a 1 s heartbeat: the broker would have dropped a connection whose
     # heartbeats stalled; one channel for the whole run means it never did.
     assert consumer.transport.generation == 1
+    assert total_depth(setup.amqp_url, setup.queue_names()) == 0
+
+
+def test_acks_are_not_held_behind_slow_commits(setup):
+    """Acks are held to go out together only while that keeps each within ACK_HOLD_S: with a
+    turn far longer than that, each delivery is acked (and counted, and logged) as soon as it
+    is committed, not when the backlog is done."""
+    (uuid, token), = make_jobs(setup.app, 1, "held")
+    app = setup.app
+    _publish_bodies(setup, {"run": event(uuid, "run", token),
+                            **{f"u{n}": event(uuid, "update", token, {"n": n})
+                               for n in range(5)}})
+    consumer = Consumer(SlowPipeline(Pipeline.from_app(app), 0.3), app.store.ping,
+                        setup.amqp_url, setup.topology, 40, Limits())
+    assert consumer.ack_every == 10 and 0.3 > ACK_HOLD_S
+    thread = threading.Thread(target=consumer.run, args=(False,))
+    thread.start()
+    try:
+        wait_until(lambda: consumer.counts["applied"] >= 1, 60, "the first delivery acked",
+                   interval_s=0.02)
+        applied_then = app.store.get_job(uuid)["revision"] - 1
+        wait_until(lambda: consumer.counts["applied"] == 6, 60, "all six acked")
+    finally:
+        consumer.request_stop()
+        thread.join(60)
+    assert applied_then < 6  # acked while the backlog was still being worked through
     assert total_depth(setup.amqp_url, setup.queue_names()) == 0
 
 

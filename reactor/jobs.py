@@ -137,8 +137,12 @@ class Jobs:
                                                 with_history=with_history)
             if committed is not None:
                 return EventResult(committed, True, from_state, event)
-            # Missed: another writer moved the job, or the key is there already (a duplicate).
-            record = self.get(uuid)
+            # Missed: another writer moved the job (or the state tried was a remembered guess
+            # gone stale), or the key is there already (a duplicate). A moved job is retried
+            # from the state it is in, read without its history; only the history, read when
+            # the state did not move, tells a duplicate for certain.
+            moved = self.get(uuid, with_history=False)
+            record = moved if moved["state"] != from_state else self.get(uuid)
         raise StoreError(f"job {uuid} kept changing under {MAX_RACES} attempts to apply {event!r}")
 
     # --- group commit: ``apply`` split in two, so many jobs share one store write ------------

@@ -100,11 +100,12 @@ class CountingStore:
     """The real store, counting the job reads the pipeline makes."""
 
     def __init__(self, store):
-        self.store, self.reads = store, 0
+        self.store, self.reads, self.history_reads = store, 0, 0
 
-    def get_job(self, *args, **kwargs):
+    def get_job(self, uuid, include_hidden=False, with_history=True):
         self.reads += 1
-        return self.store.get_job(*args, **kwargs)
+        self.history_reads += with_history
+        return self.store.get_job(uuid, include_hidden, with_history)
 
     def __getattr__(self, name):
         return getattr(self.store, name)
@@ -136,6 +137,20 @@ def test_a_remembered_state_is_checked_not_trusted(jobs, pipeline):
     assert (again.label, again.state) == ("duplicate", "FINISHED")
     assert [h["name"] for h in jobs.get(uuid)["history"]] == \
         ["create", "run", "finish", "index", "indexed"]
+
+
+def test_a_stale_remembered_state_costs_a_read_without_history(jobs):
+    """The guess missed because the job moved: the job is read again without its history
+    (which only a possible duplicate needs) and the event applies from the state it is in."""
+    uuid, token = new_job(jobs)
+    counting = CountingStore(jobs.store)
+    pipeline = Pipeline(Jobs(counting, jobs.authority))
+    assert send(pipeline, event(uuid, "update", token)).state == "CREATED"  # remembered
+    jobs.apply(uuid, "run", token=token)  # elsewhere: CREATED → RUNNING
+    outcome = send(pipeline, event(uuid, "update", token, data={"n": 2}))
+    assert (outcome.label, outcome.state) == ("applied", "RUNNING")
+    assert (counting.reads, counting.history_reads) == (2, 0)
+    assert [h["name"] for h in jobs.get(uuid)["history"]] == ["create", "update", "run", "update"]
 
 
 def test_a_job_hidden_after_it_was_remembered_is_unknown(jobs, pipeline):

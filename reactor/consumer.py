@@ -217,6 +217,7 @@ class Consumer:
         self.ack_every = max(1, prefetch // 4)
         self._held_acks = 0
         self._held_since = 0.0
+        self._held_books: list[Callable[[], None]] = []  # run once their acks went out
         self.exit_code = 0
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -301,6 +302,7 @@ class Consumer:
                 self.request_stop()
             self._done(taken)
             self._settle_held(time.perf_counter() - self._taken_at)
+        self._send_acks()
         self.transport.close()
 
     def _settle_held(self, last_turn_s: float) -> None:
@@ -313,14 +315,20 @@ class Consumer:
             self._send_acks()
 
     def _send_acks(self) -> None:
+        """Send the held acks; then, on the IO thread, their bookkeeping in one go."""
+        if not self._held_acks:
+            return
+        books, self._held_books = self._held_books, []
         self._held_acks = 0
-        self.transport.send_acks()
+        self.transport.send_acks(after=lambda: self._book_all(books))
 
-    def _hold(self, count: int) -> None:
-        """``count`` more acks were handed to the transport to hold."""
+    def _hold(self, deliveries: list[Delivery], books: list[Callable[[], None]]) -> None:
+        """Hand ``deliveries`` to the transport to ack later, their ``books`` to run after."""
+        self.transport.ack_many(deliveries, now=False)
         if not self._held_acks:
             self._held_since = time.perf_counter()
-        self._held_acks += count
+        self._held_acks += len(deliveries)
+        self._held_books += books
 
     def _done(self, count: int) -> None:
         """``count`` deliveries are out of the worker's hands (settled, or left to the broker)."""
@@ -381,8 +389,7 @@ class Consumer:
             else:  # a copy to the retry or dead-letter queue, acked on its own confirm
                 self._settle(delivery, action, attempt, outcome)
         if acks:
-            self.transport.ack_many(acks, after=lambda: self._book_all(books), now=False)
-            self._hold(len(acks))
+            self._hold(acks, books)
         for delivery, outcome in zip(deliveries, outcomes):
             if outcome is None and not self._stop.is_set():
                 self._handle(delivery)
@@ -482,9 +489,7 @@ class Consumer:
     def _settle(self, delivery: Delivery, action: Action, attempt: int,
                 outcome: Outcome) -> None:
         if action.kind == ACK:
-            self.transport.ack_many([delivery], after=self._acked(delivery, outcome, attempt),
-                                    now=False)
-            self._hold(1)
+            self._hold([delivery], [self._acked(delivery, outcome, attempt)])
             return
         self.counts[f"{action.kind}:{action.reason}"] += 1
         props = forwarded_properties(delivery, action, attempt, outcome.label)

@@ -365,13 +365,10 @@ class ConsumerTransport:
             self._acks_scheduled = True
         self.threadsafe(self._send_acks)
 
-    def send_acks(self) -> None:
-        """Send the acks that ``ack_many(now=False)`` held back."""
-        with self._acks_lock:
-            if not self._acks or self._acks_scheduled:
-                return
-            self._acks_scheduled = True
-        self.threadsafe(self._send_acks)
+    def send_acks(self, after: Callable[[], None] | None = None) -> None:
+        """Send the acks that ``ack_many(now=False)`` held back; then run ``after`` on the IO
+        thread, as ``ack`` does."""
+        self.ack_many([], after)
 
     def forward(self, delivery: Delivery, queue: str, body: bytes,
                 properties: Mapping[str, Any]) -> None:

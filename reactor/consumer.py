@@ -18,6 +18,10 @@ settles each one only after the pipeline returned (so after its commit):
 Attempts travel in the ``x-reactor-attempts`` header of the copies, so a poison message ends in
 the dead-letter queue instead of looping. Tokens never reach headers or logs.
 
+Acks of committed deliveries are held while more deliveries wait and go out together, with
+their counts and log lines, at most ``ACK_HOLD_S`` later; before any wait (a retry, an outage
+pause, closing) whatever is held goes out first.
+
 Group commit (``batch_size`` > 1; the configuration's default is 50, while this class defaults
 to 1 for callers that build it directly): the worker takes what has arrived, up to
 ``batch_size`` deliveries, waiting at most ``batch_wait_ms`` for a partial batch to fill, and

@@ -344,16 +344,12 @@ class ConsumerTransport:
         with self._lock:
             return delivery.generation == self.generation and self._channel is not None
 
-    def ack(self, delivery: Delivery, after: Callable[[], None] | None = None) -> None:
-        """Acknowledge ``delivery`` (ignored if its channel is gone: the broker redelivers);
-        then run ``after`` on the IO thread, whether or not the ack could be sent."""
-        self.ack_many([delivery], after)
-
     def ack_many(self, deliveries: list[Delivery],
                  after: Callable[[], None] | None = None, *, now: bool = True) -> None:
-        """Acknowledge ``deliveries``: one multiple-ack where that settles nothing else; then
-        run ``after`` on the IO thread, as ``ack`` does. ``now=False`` holds them back until
-        ``send_acks`` (or ``close``).
+        """Acknowledge ``deliveries``: one multiple-ack where that settles nothing else (those
+        whose channel is gone are left alone: the broker redelivers them); then run ``after``
+        on the IO thread, whether or not the acks could be sent. ``now=False`` holds them back
+        until ``send_acks`` (or ``close``).
 
         Acks requested while the IO thread has not yet sent earlier ones join them: one wake-up
         of the IO loop and one multiple-ack for all, instead of one each (each wake-up also
@@ -367,7 +363,7 @@ class ConsumerTransport:
 
     def send_acks(self, after: Callable[[], None] | None = None) -> None:
         """Send the acks that ``ack_many(now=False)`` held back; then run ``after`` on the IO
-        thread, as ``ack`` does."""
+        thread, as ``ack_many`` does."""
         self.ack_many([], after)
 
     def forward(self, delivery: Delivery, queue: str, body: bytes,

@@ -51,12 +51,12 @@ def queue_depth(url: str, queue: str) -> int:
         conn.close()
 
 
-def wait_depth(url: str, queue: str, depth: int, timeout_s: float = 300) -> None:
-    """Wait until the broker holds ``depth`` ready messages in ``queue``."""
+def wait_depth(url: str, queues: list[str], depth: int, timeout_s: float = 300) -> None:
+    """Wait until the broker holds ``depth`` ready messages in ``queues`` together."""
     deadline = time.monotonic() + timeout_s
-    while queue_depth(url, queue) != depth:
+    while sum(queue_depth(url, queue) for queue in queues) != depth:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"queue {queue} never reached {depth} messages")
+            raise RuntimeError(f"queues {queues} never held {depth} messages")
         time.sleep(0.05)
 
 
@@ -82,7 +82,7 @@ def broker_ceiling(url: str, bodies: list[bytes], prefetch: int, ack_every: int)
     conn.close()
     try:
         publish_raw(url, "", [(queue, b, f"raw-{i}") for i, b in enumerate(bodies)])
-        wait_depth(url, queue, len(bodies))
+        wait_depth(url, [queue], len(bodies))
         return _consume(url, queue, len(bodies), prefetch, ack_every)
     finally:
         delete_queues(url, [queue])

@@ -219,9 +219,9 @@ class Consumer:
         # one-commit-per-message consuming), while slow commits gain nothing from holding.
         # A crash meanwhile only means redeliveries, which the duplicate keys make no-ops.
         self.ack_every = max(1, prefetch // 4)
-        self._held_acks = 0
         self._held_since = 0.0
-        self._held_books: list[Callable[[], None]] = []  # run once their acks went out
+        # One bookkeeping call per held ack (its count, metrics, log line): run once it went out.
+        self._held_books: list[Callable[[], None]] = []
         self.exit_code = 0
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -312,26 +312,25 @@ class Consumer:
     def _settle_held(self, last_turn_s: float) -> None:
         """Send the held acks unless more deliveries wait and holding them through another
         turn as long as the last one keeps them within ``ack_every`` and ``ACK_HOLD_S``."""
-        if not self._held_acks:
+        if not self._held_books:
             return
-        if self._held_acks >= self.ack_every or self._inbox.empty() or \
+        if len(self._held_books) >= self.ack_every or self._inbox.empty() or \
                 time.perf_counter() - self._held_since + last_turn_s >= ACK_HOLD_S:
             self._send_acks()
 
     def _send_acks(self) -> None:
         """Send the held acks; then, on the IO thread, their bookkeeping in one go."""
-        if not self._held_acks:
+        if not self._held_books:
             return
         books, self._held_books = self._held_books, []
-        self._held_acks = 0
         self.transport.send_acks(after=lambda: self._book_all(books))
 
     def _hold(self, deliveries: list[Delivery], books: list[Callable[[], None]]) -> None:
-        """Hand ``deliveries`` to the transport to ack later, their ``books`` to run after."""
+        """Hand ``deliveries`` to the transport to ack later, their ``books`` (one each) to
+        run after."""
         self.transport.ack_many(deliveries, now=False)
-        if not self._held_acks:
+        if not self._held_books:
             self._held_since = time.perf_counter()
-        self._held_acks += len(deliveries)
         self._held_books += books
 
     def _done(self, count: int) -> None:

@@ -115,9 +115,7 @@ class Supervisor:
                     if code is not None:
                         log.error("consumer process %d (pid %d) exited with code %d; stopping "
                                   "the others", index, self.children[index].pid, code)
-                        self.request_stop()
-                        self._stop_children()
-                        return exit_status(code) or 1
+                        return exit_status(code) or 1  # ``run`` stops the others
             self._write_health()
             time.sleep(POLL_S)
 

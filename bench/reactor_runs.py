@@ -194,11 +194,17 @@ def settle_times(log_path: Path) -> dict[str, float]:
 
 
 def peak_rss_mb(pid: int) -> float:
-    """Peak resident set size of ``pid`` so far (VmHWM), in MB."""
+    """Peak resident set size (VmHWM), in MB, of ``pid`` plus its child processes (the
+    consumer's pipeline process), each its own peak so far."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+            total = int(line.split()[1]) / 1024
+            break
+    else:
+        raise RuntimeError(f"no VmHWM for pid {pid}")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return total + sum(peak_rss_mb(int(child)) for child in children)
 
 
 # --- running a consumer ----------------------------------------------------------------------

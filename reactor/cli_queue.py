@@ -56,6 +56,7 @@ def consume(health_file: str | None, health_interval: float, grace: float,
     from .logs import setup_logging
     from .metrics import Metrics
     from .pipeline import Pipeline
+    from .pipeline_process import PipelineProcess
     from .transport import Topology
 
     index, members = _member(member)
@@ -67,6 +68,7 @@ def consume(health_file: str | None, health_interval: float, grace: float,
                    metrics_host)
     app = app_from_context()
     metrics = Metrics()
+    pipeline = None
     try:
         url = broker_url(app)
         settings = app.settings
@@ -77,7 +79,11 @@ def consume(health_file: str | None, health_interval: float, grace: float,
                 "serving metrics at http://%s:%d/metrics", metrics_host, bound)
         topology = Topology.from_settings(settings, partitions)
         queues = topology.member_queues(index, members)
-        consumer = Consumer(Pipeline.from_app(app), app.store.ping, url, topology,
+        if settings.pipeline_process:
+            pipeline = PipelineProcess(settings, group_commit=settings.batch_size > 1)
+        else:
+            pipeline = Pipeline.from_app(app)
+        consumer = Consumer(pipeline, app.store.ping, url, topology,
                             settings.prefetch, Limits.from_settings(settings), queues=queues,
                             grace_s=grace, health=HealthFile(health_file) if health_file else None,
                             health_interval_s=health_interval,
@@ -89,6 +95,8 @@ def consume(health_file: str | None, health_interval: float, grace: float,
     except _EXPECTED as exc:
         handle_error(exc)
     finally:
+        if isinstance(pipeline, PipelineProcess):
+            pipeline.close()
         metrics.close()
         app.close()
     if consumer.transport.error:

@@ -77,6 +77,9 @@ KEYS: tuple[Key, ...] = (
     Key("batch_wait_ms", int, 0, "Group commit: how long a partial batch waits for more "
         "deliveries before it is committed (0 = commit what has arrived at once; under load "
         "batches fill by themselves)", lambda v: 0 <= v <= 1000),
+    Key("pipeline_process", bool, True, "reactor consume runs the pipeline (decode … commit) in "
+        "a child process, so that it does not share an interpreter lock with the RabbitMQ "
+        "client; false = in the consumer's own process"),
     Key("retry_delay_ms", int, 1000, "Delay before a delayed retry", _positive),
     Key("max_attempts", int, 5, "Deliveries of one message before it is dead-lettered",
         _positive),
@@ -129,8 +132,10 @@ class Settings:
         return f"Settings({shown!r})"
 
     def __getattr__(self, name: str) -> Any:
+        # Through __dict__: while unpickling (the consumer's pipeline process), ``values`` is
+        # not set yet, and reading it here would call this again.
         try:
-            return self.values[name]
+            return self.__dict__["values"][name]
         except KeyError:
             raise AttributeError(name) from None
 

@@ -39,7 +39,7 @@ import signal
 import threading
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -50,6 +50,7 @@ from .errors import ConfigError
 from .health import HealthFile
 from .logs import FIELDS_ATTR, batched, outcome_fields
 from .outcomes import REJECTED, RETRY, Outcome
+from .pipeline_process import PipelineProcess, PipelineProcessGone
 from .records import now_iso
 from . import tokens
 from .tokens import SECRET_NAMES, body_token, mask_text
@@ -195,7 +196,9 @@ class Consumer:
         self.batch_size = min(batch_size, prefetch)
         self.batch_wait_s = batch_wait_s
         self._group = None
-        if batch_size > 1:
+        # The pipeline in a child process: lists of deliveries go to it, kept two deep.
+        self._remote = pipeline if isinstance(pipeline, PipelineProcess) else None
+        if batch_size > 1 and self._remote is None:
             from .batching import GroupCommit
 
             self._group = GroupCommit(pipeline)
@@ -211,7 +214,9 @@ class Consumer:
         self._inbox: _queue.Queue = _queue.Queue()
         self._stop = threading.Event()
         self._outage = False
-        self._worker = threading.Thread(target=self._work, name="reactor-worker", daemon=True)
+        self._worker = threading.Thread(target=self._work if self._remote is None
+                                        else self._work_remote, name="reactor-worker",
+                                        daemon=True)
         # Acks of committed deliveries are held back while more deliveries wait, and sent
         # together once this many are held, the worker runs out of work, or the first held
         # one would otherwise wait ACK_HOLD_S: one ack per delivery cost a wake-up of the IO
@@ -309,6 +314,72 @@ class Consumer:
         self._send_acks()
         self.transport.close()
 
+    def _work_remote(self) -> None:
+        """The worker with the pipeline in a child process: the waiting deliveries go to it as
+        lists, two deep, so it applies one while the outcomes of the other are settled here."""
+        sent: deque[tuple[list[Delivery], float]] = deque()
+        stopping = False
+        group = self.batch_size > 1
+        size = self.batch_size if group else self.ack_every
+        try:
+            while sent or not stopping:
+                if not stopping and len(sent) < 2:
+                    batch, stopping = self._take(size, block=not sent)
+                    if batch:
+                        self._remote.submit([(d.body, d.message_id) for d in batch], group)
+                        sent.append((batch, time.perf_counter()))
+                        continue
+                    if not sent:
+                        continue
+                batch, self._taken_at = sent.popleft()
+                self._settle_remote(batch, self._remote.collect(), sent)
+                self._settle_held(time.perf_counter() - self._taken_at)
+        except PipelineProcessGone as exc:
+            log.error("%s: stopping; its unsettled deliveries return to the queue", exc)
+            self.exit_code = 1
+            self.request_stop()
+        except Exception as exc:  # noqa: BLE001 - a bug here must not wedge the consumer
+            log.error("internal error: %s; stopping (unsettled deliveries return to the queue)",
+                      mask_text("".join(traceback.format_exception(exc))))
+            self.exit_code = 1
+            self.request_stop()
+        self._send_acks()
+        self.transport.close()
+
+    def _take(self, size: int, block: bool) -> tuple[list[Delivery], bool]:
+        """Up to ``size`` waiting deliveries (waiting for the first if ``block``), less those
+        the broker redelivers anyway; and whether the stop marker came."""
+        try:
+            item = self._inbox.get(block)
+        except _queue.Empty:
+            return [], False
+        if item is _STOP:
+            return [], True
+        batch = [item]
+        stopping = self._fill(batch, size, self.batch_wait_s if block else 0.0)
+        kept = [d for d in batch if not self._stop.is_set() and self.transport.is_current(d)]
+        self._done(len(batch) - len(kept))
+        return kept, stopping
+
+    def _settle_remote(self, batch: list[Delivery], outcomes: list[Outcome | None],
+                       sent: deque) -> None:
+        """Settle a list the child process sent back; if it left messages undecided, collect
+        the lists behind them (sent back untouched) and decide all those one by one, in order."""
+        self._settle_decided(batch, outcomes)
+        settled = len(batch)
+        if self._remote.halted:
+            undecided = [d for d, o in zip(batch, outcomes) if o is None]
+            while sent:
+                later, _ = sent.popleft()
+                self._remote.collect()
+                undecided += later
+                settled += len(later)
+            self._remote.resume()
+            for delivery in undecided:
+                if not self._stop.is_set():
+                    self._handle(delivery)
+        self._done(settled)
+
     def _settle_held(self, last_turn_s: float) -> None:
         """Send the held acks unless more deliveries wait and holding them through another
         turn as long as the last one keeps them within ``ack_every`` and ``ACK_HOLD_S``."""
@@ -350,11 +421,13 @@ class Consumer:
                                             attempt=attempt, latency_s=latency,
                                             action=action)}
 
-    def _fill(self, batch: list[Delivery]) -> bool:
-        """Add waiting deliveries to ``batch`` up to ``batch_size``, waiting at most
-        ``batch_wait_s`` for more; True if the stop marker came instead."""
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(batch) < self.batch_size:
+    def _fill(self, batch: list[Delivery], size: int | None = None,
+              wait_s: float | None = None) -> bool:
+        """Add waiting deliveries to ``batch`` up to ``size`` (``batch_size``), waiting at most
+        ``wait_s`` (``batch_wait_s``) for more; True if the stop marker came instead."""
+        size = self.batch_size if size is None else size
+        deadline = time.monotonic() + (self.batch_wait_s if wait_s is None else wait_s)
+        while len(batch) < size:
             try:
                 item = self._inbox.get_nowait()
             except _queue.Empty:
@@ -380,6 +453,15 @@ class Consumer:
             log.error("group commit of %d deliveries raised %s; processing them one by one",
                       len(deliveries), mask_text("".join(traceback.format_exception(exc))))
             outcomes = [None] * len(deliveries)
+        self._settle_decided(deliveries, outcomes)
+        for delivery, outcome in zip(deliveries, outcomes):
+            if outcome is None and not self._stop.is_set():
+                self._handle(delivery)
+
+    def _settle_decided(self, deliveries: list[Delivery],
+                        outcomes: list[Outcome | None]) -> None:
+        """Settle the deliveries whose outcome is known (``None`` = undecided): acks held
+        together, rejections and retries each on its own."""
         acks, books = [], []
         for delivery, outcome in zip(deliveries, outcomes):
             if outcome is None:
@@ -393,9 +475,6 @@ class Consumer:
                 self._settle(delivery, action, attempt, outcome)
         if acks:
             self._hold(acks, books)
-        for delivery, outcome in zip(deliveries, outcomes):
-            if outcome is None and not self._stop.is_set():
-                self._handle(delivery)
 
     def _handle(self, delivery: Delivery) -> None:
         attempt = attempt_number(delivery)
@@ -433,6 +512,8 @@ class Consumer:
     def _process_once(self, delivery: Delivery) -> Outcome:
         try:
             return self.pipeline.process(delivery.body, delivery.message_id)
+        except PipelineProcessGone:
+            raise  # not this message's fault: the worker stops the consumer
         except Exception as exc:  # noqa: BLE001 - unexpected: counted as a failed attempt
             text = scrub(f"{type(exc).__name__}: {exc}", delivery)
             log.error("processing delivery %d (message id %s) raised %s", delivery.tag,

@@ -69,7 +69,10 @@ class Pipeline:
 
         Unexpected exceptions (bugs, a store refusing a write for good) propagate, so that the
         caller counts the attempt."""
-        prepared = self.prepare(body, message_id, params)
+        return self.conclude(self.prepare(body, message_id, params))
+
+    def conclude(self, prepared: Prepared) -> Outcome:
+        """The outcome of a prepared message: its rejection, or what applying it gave."""
         if prepared.outcome is not None:
             outcome = prepared.outcome
         elif isinstance(prepared.message, DeleteMessage):

@@ -3,15 +3,19 @@ store outage, SIGTERM, several consumers. Every test states its counts when it f
 
 No test depends on how fast the consumer drains: a fault is made to meet work by publishing
 part of the workload while the consumer is frozen (SIGSTOP) or the store is down, never by
-hoping the consumer is still busy when the fault arrives. The key tests run with one commit per
+hoping the consumer is still busy when the fault arrives. The consumer runs its pipeline in a
+child process (the default), which a test kills too. The key tests run with one commit per
 message (``batch_size: 1``) and with group commit (``batch_size: 50``, the default).
 """
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -292,4 +296,26 @@ def test_three_competing_consumers_lose_no_update(setup, batch_size):
     assert sum(applied.values()) == work.sent, counts
     assert sum(1 for v in applied.values() if v) >= 2, f"no competition happened: {counts}"
     work.check(setup.app, counts, ordered=False)
+    _assert_clean(setup, counts)
+
+
+@BATCH_SIZES
+def test_pipeline_process_killed_stops_the_consumer_and_loses_nothing(setup, batch_size):
+    setup.overrides["batch_size"] = batch_size
+    work = Workload.build(make_jobs(setup.app, 20, "child"), 20)
+    proc = setup.start_consumer()
+    wait_subscribed(setup)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1, f"the consumer should have one pipeline process: {children}"
+    os.kill(int(children[0]), signal.SIGKILL)
+    work.publish(setup)
+    # Deliveries reach a consumer without its pipeline: it must stop (non-zero), not ack them.
+    wait_until(lambda: proc.poll() is not None, 60, "the consumer to stop")
+    assert proc.returncode == 1, setup.logs()
+    assert "the pipeline process" in setup.logs()
+    proc = setup.start_consumer()
+    _finish(setup, work, proc)
+    assert stop(proc) == 0
+    counts = _counts(setup, work)
+    work.check(setup.app, counts)
     _assert_clean(setup, counts)

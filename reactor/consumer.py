@@ -22,6 +22,13 @@ Acks of committed deliveries are held while more deliveries wait and go out toge
 their counts and log lines, at most ``ACK_HOLD_S`` later; before any wait (a retry, an outage
 pause, closing) whatever is held goes out first.
 
+With a ``PipelineProcess`` for its pipeline (``reactor consume``'s default), the worker sends
+the waiting deliveries to that child process as lists, keeping the next list on its way while
+the child applies the last, and settles each list's outcomes exactly as above. A message the
+child leaves undecided (a retry outcome, an exception) halts it; the worker then decides that
+message and everything sent after it one by one, in order, as above. If the child dies, the
+consumer stops with exit code 1 and its unsettled deliveries return to the queue.
+
 Group commit (``batch_size`` > 1; the configuration's default is 50, while this class defaults
 to 1 for callers that build it directly): the worker takes what has arrived, up to
 ``batch_size`` deliveries, waiting at most ``batch_wait_ms`` for a partial batch to fill, and

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import traceback
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from .errors import ReactorError
@@ -62,10 +61,9 @@ class PipelineProcess:
         # corrupt a reply, and the child keeps the consumer's stdout and stderr for its logs.
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()
-        env = dict(os.environ)
-        # The child imports this very copy of the package, wherever it was imported from.
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        # The child searches the consumer's import path, in its order: it imports the same
+        # copy of the reactor (and of everything else) wherever that came from.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(os.path.abspath(p) for p in sys.path))
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "reactor.pipeline_process", str(request_r), str(reply_w)],

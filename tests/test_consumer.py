@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pika
 import pytest
@@ -275,13 +276,18 @@ def test_quorum_queues_consume_and_retry(setup):
     assert total_depth(setup.amqp_url, setup.queue_names()) == 0
 
 
-def test_consume_with_the_embedded_sqlite_store(amqp_url, sqlite_uri, tmp_path):
-    setup = QueueSetup(amqp_url, sqlite_uri, tmp_path)
+@pytest.mark.parametrize("pipeline_process", [True, False], ids=["child", "in-process"])
+def test_consume_with_the_embedded_sqlite_store(amqp_url, sqlite_uri, tmp_path,
+                                                pipeline_process):
+    setup = QueueSetup(amqp_url, sqlite_uri, tmp_path,
+                       overrides={"pipeline_process": pipeline_process, "batch_size": 1})
     try:
         work = Workload.build(make_jobs(setup.app, 3, "sqlite"), 6)
         work.publish(setup)
         proc = setup.start_consumer()
         wait_until(lambda: work.applied(setup.app) == work.sent, 60, "all applied")
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == (1 if pipeline_process else 0), children
         assert stop(proc) == 0
         work.check(setup.app, f"sent={work.sent}")
         assert total_depth(setup.amqp_url, setup.queue_names()) == 0

@@ -24,7 +24,9 @@ pause, closing) whatever is held goes out first.
 
 With a ``PipelineProcess`` for its pipeline (``reactor consume``'s default), the worker sends
 the waiting deliveries to that child process as lists, keeping the next list on its way while
-the child applies the last, and settles each list's outcomes exactly as above. A message the
+the child applies the last, and settles each list's outcomes exactly as above; its acks go out
+as soon as the list is settled (a list is already a batch of acks, and holding them longer only
+added latency). A message the
 child leaves undecided (a retry outcome, an exception) halts it; the worker then decides that
 message and everything sent after it one by one, in order, as above. If the child dies, the
 consumer stops with exit code 1 and its unsettled deliveries return to the queue.
@@ -340,7 +342,7 @@ class Consumer:
                         continue
                 batch, self._taken_at = sent.popleft()
                 self._settle_remote(batch, self._remote.collect(), sent)
-                self._settle_held(time.perf_counter() - self._taken_at)
+                self._send_acks()
         except PipelineProcessGone as exc:
             log.error("%s: stopping; its unsettled deliveries return to the queue", exc)
             self.exit_code = 1

@@ -6,7 +6,8 @@
 Starts RabbitMQ and FerretDB through scripts/services.sh, builds a fixed seeded workload, and
 measures in the same run: the broker ceiling (raw pika), the store ceilings (raw pymongo and
 sqlite3 compare-and-set loops), ``reactor consume`` end to end on both stores (one commit per
-message and, when available, group commit), publish→commit latency at half the measured
+message and, when available, group commit; on SQLite also with the pipeline in the consumer's
+own process, ``pipeline_process: false``), publish→commit latency at half the measured
 maximum, the pipeline's CPU per message, ``reactor invoke`` cold start beside ``python -c
 pass``, and the consumer's peak RSS. Prints a table, then one JSON line.
 
@@ -142,6 +143,14 @@ def main() -> int:
                     log(f"  end to end: {kind}, {mode}")
                     setup = runs.Setup(kind, amqp, work, mongo, options)
                     add(f"e2e_{kind}_{mode}", runs.end_to_end(setup, wl)["msgs_s"])
+            if _has_pipeline_process():
+                # The same on the embedded store with the pipeline in the consumer's process:
+                # what the child process (the default) gains.
+                for mode, options in modes.items():
+                    log(f"  end to end: sqlite, {mode}, pipeline in-process")
+                    setup = runs.Setup("sqlite", amqp, work, mongo,
+                                       {**options, "pipeline_process": False})
+                    add(f"e2e_sqlite_{mode}_inproc", runs.end_to_end(setup, sq)["msgs_s"])
             if group:
                 log(f"  end to end: sqlite, group, {PROCESSES} processes")
                 setup = runs.Setup("sqlite", amqp, work, mongo, {**group, "partitions": PROCESSES})
@@ -173,6 +182,12 @@ def main() -> int:
     info["seconds"] = round(time.monotonic() - started, 1)
     report(info, profile, r, latency, cpu, cold, mem, sq, mg, bool(group))
     return 0
+
+
+def _has_pipeline_process() -> bool:
+    from reactor.config import KEYS_BY_NAME
+
+    return "pipeline_process" in KEYS_BY_NAME
 
 
 def _group_is_default() -> bool:
@@ -209,6 +224,11 @@ def report(info, profile, r, latency, cpu, cold, mem, sq, mg, has_group) -> None
             rows.append((f"e2e {kind}, {label}", f"{m[f'e2e_{kind}_{mode}']:,.0f} msgs/s",
                          f"ratio vs limit {ratio(kind, mode):.2f}; vs store ceiling "
                          f"{m[f'e2e_{kind}_{mode}'] / m[f'store_{kind}']:.2f}×"))
+            inproc = m.get(f"e2e_{kind}_{mode}_inproc")
+            if inproc:
+                rows.append((f"  same, pipeline in-process", f"{inproc:,.0f} msgs/s",
+                             f"pipeline_process: false; vs store ceiling "
+                             f"{inproc / m[f'store_{kind}']:.2f}×"))
             lat = latency[f"{kind}_{mode}"]
             rows.append((f"  latency {kind}, {label}", f"p50 {lat['p50_ms']:.1f} ms, p99 "
                          f"{lat['p99_ms']:.1f} ms", f"at {lat['rate']:,.0f} msgs/s, "
@@ -257,6 +277,8 @@ def report(info, profile, r, latency, cpu, cold, mem, sq, mg, has_group) -> None
            for mode in ("one", "group") for k in ("sqlite", "mongo") if f"e2e_{k}_{mode}" in m},
         **{f"ratio_{k}_{mode}": round(ratio(k, mode), 3)
            for mode in ("one", "group") for k in ("sqlite", "mongo") if f"e2e_{k}_{mode}" in m},
+        **{f"e2e_sqlite_{mode}_inproc_msgs_s": round(m[f"e2e_sqlite_{mode}_inproc"])
+           for mode in ("one", "group") if f"e2e_sqlite_{mode}_inproc" in m},
         **({"e2e_sqlite_group_processes_msgs_s": round(m["e2e_sqlite_procs"]),
             "ratio_sqlite_group_processes": round(m["e2e_sqlite_procs"] / min(
                 broker_for["group"], m["store_sqlite"]), 3),

@@ -45,7 +45,8 @@ def _member(value: str) -> tuple[int, int]:
               help="With --partitions: consume the partitions p with p % COUNT == INDEX.")
 @click.option("--processes", default=1, show_default=True, type=click.IntRange(min=1),
               metavar="N", help="Run N consumer processes, member I/N each (needs N or more "
-              "partitions); one process uses about one core. With --health-file, each writes "
+              "partitions); one process, with its pipeline process, uses up to about 1.5 "
+              "cores. With --health-file, each writes "
               "PATH.memberI and PATH sums them up; with --metrics-port P, process I serves P+I.")
 def consume(health_file: str | None, health_interval: float, grace: float,
             partitions: int | None, member: str, metrics_port: int | None,

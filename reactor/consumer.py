@@ -246,6 +246,9 @@ class Consumer:
             self.transport.every(self.health_interval_s, self._write_health)
         if self.metrics is not None:
             self.transport.every(1.0, self._update_gauges)
+        if self._remote is not None:
+            # Noticed within a second even while no delivery arrives to find it out.
+            self.transport.every(1.0, self._check_remote)
         if install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
@@ -274,6 +277,13 @@ class Consumer:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         log.info("received %s: draining", signal.Signals(signum).name)
         self.request_stop()
+
+    def _check_remote(self) -> None:
+        gone = self._remote.gone()
+        if gone is not None and not self.exit_code:
+            log.error("%s: stopping; unsettled deliveries return to the queue", gone)
+            self.exit_code = 1
+            self.request_stop()
 
     def _write_health(self) -> None:
         status = "paused" if self._outage else self.transport.status
@@ -344,7 +354,8 @@ class Consumer:
                 self._settle_remote(batch, self._remote.collect(), sent)
                 self._send_acks()
         except PipelineProcessGone as exc:
-            log.error("%s: stopping; its unsettled deliveries return to the queue", exc)
+            if not self.exit_code:  # else the check on the IO thread has reported it
+                log.error("%s: stopping; unsettled deliveries return to the queue", exc)
             self.exit_code = 1
             self.request_stop()
         except Exception as exc:  # noqa: BLE001 - a bug here must not wedge the consumer

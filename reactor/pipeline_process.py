@@ -91,6 +91,12 @@ class PipelineProcess:
     def pid(self) -> int:
         return self._proc.pid
 
+    def gone(self) -> PipelineProcessGone | None:
+        """The error to report if the child has exited (without waiting), else None."""
+        if self._proc.poll() is None:
+            return None
+        return self._gone(EOFError())
+
     def submit(self, messages: list[tuple[bytes, str | None]], batch: bool = False) -> None:
         """Send a list of messages to apply in order (``batch``: with group commit)."""
         self._send(("batch" if batch else "events", messages))

@@ -299,23 +299,46 @@ def test_three_competing_consumers_lose_no_update(setup, batch_size):
     _assert_clean(setup, counts)
 
 
-@BATCH_SIZES
-def test_pipeline_process_killed_stops_the_consumer_and_loses_nothing(setup, batch_size):
-    setup.overrides["batch_size"] = batch_size
-    work = Workload.build(make_jobs(setup.app, 20, "child"), 20)
-    proc = setup.start_consumer()
-    wait_subscribed(setup)
+def _pipeline_process(proc) -> int:
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     assert len(children) == 1, f"the consumer should have one pipeline process: {children}"
-    os.kill(int(children[0]), signal.SIGKILL)
-    work.publish(setup)
-    # Deliveries reach a consumer without its pipeline: it must stop (non-zero), not ack them.
+    return int(children[0])
+
+
+@BATCH_SIZES
+def test_pipeline_process_killed_mid_run_stops_the_consumer_and_loses_nothing(setup,
+                                                                               batch_size):
+    setup.overrides["batch_size"] = batch_size
+    work = Workload.build(make_jobs(setup.app, 20, "child"), 30)
+    first, second = work.steps(0, 15), work.steps(15, 30)
+    first.publish(setup)
+    proc = setup.start_consumer()
+    queue = setup.names["queue"]
+    wait_until(while_running(lambda: queue_depth(setup.amqp_url, queue) <= first.sent - 100,
+                             proc), 120, "some progress")
+    # Frozen, the consumer holds deliveries (some perhaps sent to the child, some committed
+    # and not yet acked) while its pipeline process is killed and more work arrives.
+    freeze(proc)
+    os.kill(_pipeline_process(proc), signal.SIGKILL)
+    second.publish(setup)
+    thaw(proc)
     wait_until(lambda: proc.poll() is not None, 60, "the consumer to stop")
-    assert proc.returncode == 1, setup.logs()
-    assert "the pipeline process" in setup.logs()
+    logs = setup.logs()
+    assert proc.returncode == 1, logs
+    assert "was killed by SIGKILL: stopping; unsettled deliveries return to the queue" in logs
     proc = setup.start_consumer()
     _finish(setup, work, proc)
     assert stop(proc) == 0
     counts = _counts(setup, work)
     work.check(setup.app, counts)
     _assert_clean(setup, counts)
+
+
+def test_pipeline_process_killed_while_idle_stops_the_consumer(setup):
+    proc = setup.start_consumer()
+    wait_subscribed(setup)
+    os.kill(_pipeline_process(proc), signal.SIGKILL)
+    # No delivery arrives to find it out: the consumer's own check does, within seconds.
+    wait_until(lambda: proc.poll() is not None, 30, "the consumer to stop")
+    assert proc.returncode == 1, setup.logs()
+    assert setup.logs().count("was killed by SIGKILL") == 1, setup.logs()

@@ -55,8 +55,9 @@ class _StoreDown(Exception):
 class GroupCommit:
     """Process batches of messages through one pipeline with group commit."""
 
-    def __init__(self, pipeline: "Pipeline"):
+    def __init__(self, pipeline: "Pipeline", separate_commits: bool = False):
         self.pipeline = pipeline
+        self.separate_commits = separate_commits
         self.jobs = pipeline.jobs
         self.cache = pipeline.states  # one memory for the batch and the one-by-one path
 
@@ -195,6 +196,8 @@ class GroupCommit:
         back to the one-by-one path, where each meets its own fate alone."""
         if not waves:
             return []
+        if self.separate_commits:
+            return self._commit_separately(waves)
         try:
             return self.jobs.commit_waves(waves, with_history=False)
         except (StoreUnavailable, TimeoutError) as exc:
@@ -203,6 +206,25 @@ class GroupCommit:
             log.warning("the store refused a batch of %d change(s) (%s); applying them one by "
                         "one", sum(map(len, waves)), mask_text(str(exc)))
             return [[None] * len(wave) for wave in waves]
+
+    def _commit_separately(self, waves: list[list[Change]]) -> list[list]:
+        """Each change in a commit of its own, wave after wave, leaving out the later changes
+        of a job that missed. If the store fails, what it committed keeps its result and the
+        rest are None: the one-by-one path then decides them (or finds the store down)."""
+        results: list[list] = [[None] * len(wave) for wave in waves]
+        missed: set[str] = set()
+        try:
+            for out, wave in zip(results, waves):
+                for index, change in enumerate(wave):
+                    if change.uuid in missed:
+                        continue
+                    out[index] = self.jobs.commit(change)
+                    if out[index] is None:
+                        missed.add(change.uuid)
+        except (StoreUnavailable, TimeoutError, StoreError) as exc:
+            log.warning("the store failed while committing changes one by one (%s); the rest "
+                        "take the one-by-one path", mask_text(str(exc)))
+        return results
 
     def _apply_alone(self, message: EventMessage, key: str) -> Outcome | None:
         """The one-by-one path for one event; None if it could not be decided."""

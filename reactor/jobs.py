@@ -175,6 +175,14 @@ class Jobs:
                  else None for c, record in zip(wave, records)]
                 for wave, records in zip(waves, committed)]
 
+    def commit(self, change: Change) -> EventResult | None:
+        """Commit one planned change on its own (one store commit); None if its
+        compare-and-set missed, as in ``commit_waves``."""
+        record = self.store.commit_event(change.uuid, change.from_state, change.to_state,
+                                         change.entry, with_history=False)
+        return None if record is None else EventResult(record, True, change.from_state,
+                                                       change.event)
+
     def delete(self, uuid: str, token: object, force: bool = True) -> bool:
         """Delete (``force``) or hide a job; needs an administrative token."""
         authorize_delete(self.authority, token)

@@ -10,19 +10,23 @@ the last one, so the child does not wait for the settling either.
 Requests and replies are pickled tuples over two pipes, in order, one reply per request
 (``resume`` has none):
 
-- ``("events", [(body, message_id), ...])``: the messages one by one, in order, one commit
-  each → their outcomes. The first message whose outcome is a retry, or whose processing
-  raised, ends the list: it and the rest come back ``None`` (undecided) and the child is
-  *halted*: each later list comes back all ``None``, untouched, until ``("resume", None)``. So
-  nothing after an undecided message is applied before the consumer has decided it.
-- ``("batch", [...])``: the same messages through ``GroupCommit`` → its outcomes (``None`` =
-  undecided); halts the same way.
+- ``("events", [(body, message_id), ...])``: the messages with one commit each → their
+  outcomes. They go through ``GroupCommit`` with ``separate_commits``: planned together, each
+  job's events in delivery order, then committed change by change. From the first message the
+  list leaves undecided (the store failed, processing raised) or that must be retried on, the
+  outcomes come back ``None`` and the child is *halted*: each later list comes back all
+  ``None``, untouched, until ``("resume", None)``. So nothing after an undecided message is
+  applied before the consumer has decided it.
+- ``("batch", [...])``: the same through ``GroupCommit`` with one store write for the list;
+  halts the same way.
 - ``("one", (body, message_id))`` → ``("ok", outcome)`` or ``("error", text)``: one message,
   halted or not (the consumer's retries of an undecided message).
 
 The child ignores SIGINT and SIGTERM (the consumer stops it by closing its pipe once what it sent
-is settled), exits at end of file, and checks before every message that its parent is still
-there: an orphan must not apply messages that the broker redelivers to the next consumer.
+is settled), exits at end of file, and checks before every list that its parent is still there:
+an orphan must not go on applying what the broker redelivers to the next consumer (a list it
+has started, a few milliseconds of work, is like a commit in flight at a crash: its messages come
+back as duplicates).
 """
 from __future__ import annotations
 
@@ -173,13 +177,16 @@ class _Child:
         from .app import App
         from .pipeline import Pipeline
 
+        from .batching import GroupCommit
+
         self.app = App(settings)
         self.pipeline = Pipeline.from_app(self.app)
-        self.group = None
-        if group_commit:
-            from .batching import GroupCommit
-
-            self.group = GroupCommit(self.pipeline)
+        # A list of events is planned as a batch (parsed, authorised, each from the state its
+        # job's previous event leads to) and committed one change per commit: each message
+        # still has its own durable commit, and the planning runs with its code and data warm
+        # instead of between two commits (measured ~10% faster than message by message).
+        self.separate = GroupCommit(self.pipeline, separate_commits=True)
+        self.group = GroupCommit(self.pipeline) if group_commit else None
         self.parent = os.getppid()
         self.halted = False
 
@@ -196,37 +203,24 @@ class _Child:
                 return "error", "".join(traceback.format_exception(exc)).rstrip()
         if self.halted:
             return [None] * len(payload)
-        outcomes = self._batch(payload) if kind == "batch" else self._events(payload)
+        self._check_parent()
+        outcomes = self._through(self.group if kind == "batch" else self.separate, payload)
         self.halted = any(o is None for o in outcomes)
         return outcomes
 
-    def _events(self, messages: list) -> list[Outcome | None]:
-        outcomes: list[Outcome | None] = []
-        try:
-            # The steps without I/O for the whole list first, then the commits: each phase
-            # runs with its code and data warm (about 3% faster than message by message).
-            for prepared in [self.pipeline.prepare(*message) for message in messages]:
-                self._check_parent()
-                outcome = self.pipeline.conclude(prepared)
-                if outcome.kind == RETRY:
-                    break
-                outcomes.append(outcome)
-        except Exception:  # noqa: BLE001 - the consumer processes it again, and reports it
-            pass
-        return outcomes + [None] * (len(messages) - len(outcomes))
-
-    def _batch(self, messages: list) -> list[Outcome | None]:
+    def _through(self, group: Any, messages: list) -> list[Outcome | None]:
+        """The outcomes of ``messages`` through ``group``, ``None`` from the first one it left
+        undecided (or that must be retried) on: nothing may go ahead of that one."""
         from .batching import Item
 
-        self._check_parent()
         try:
-            outcomes = self.group.process([Item(body, message_id) for body, message_id in messages])
+            outcomes = group.process([Item(body, message_id) for body, message_id in messages])
         except Exception as exc:  # noqa: BLE001 - the consumer goes one by one, as in-process
-            log.error("group commit of %d deliveries raised %s; processing them one by one",
+            log.error("processing %d deliveries raised %s; processing them one by one",
                       len(messages), mask_text("".join(traceback.format_exception(exc))))
             return [None] * len(messages)
-        # Nothing after an undecided message may go ahead of it.
-        first = next((i for i, o in enumerate(outcomes) if o is None), len(outcomes))
+        first = next((i for i, o in enumerate(outcomes) if o is None or o.kind == RETRY),
+                     len(outcomes))
         return outcomes[:first] + [None] * (len(outcomes) - first)
 
     def _check_parent(self) -> None:

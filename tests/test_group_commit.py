@@ -307,6 +307,12 @@ def test_mongo_job_documents_are_keyed_by_uuid(mongo_store_uri):
 
 # --- pipeline: GroupCommit against Pipeline.process -------------------------------------------
 
+# Group commit's planning with one store write for the batch, and with a commit per change (what
+# the consumer's pipeline process does with one commit per message).
+SEPARATE = pytest.mark.parametrize("separate", [False, True],
+                                   ids=["one-write", "separate-commits"])
+
+
 class Side:
     """Messages for one side of the twin jobs (same content, its own uuids and tokens)."""
 
@@ -354,13 +360,14 @@ def script(side: Side) -> list[list[Item]]:
     ]
 
 
-def test_batches_give_the_same_outcomes_and_records_as_one_by_one(jobs):
+@SEPARATE
+def test_batches_give_the_same_outcomes_and_records_as_one_by_one(jobs, separate):
     a, b = twins(jobs, 5)
     pipeline = Pipeline(jobs)
     names = {u: f"<job {n}>" for side in (a, b) for n, u in enumerate(side)}
     one = [pipeline.process(i.body, i.message_id, i.params)
            for batch in script(Side(jobs, a, "a")) for i in batch]
-    group = GroupCommit(pipeline)
+    group = GroupCommit(pipeline, separate)
     grouped = [o for batch in script(Side(jobs, b, "b")) for o in group.process(batch)]
     assert None not in grouped
     assert [shape(o, names) for o in grouped] == [shape(o, names) for o in one]
@@ -379,10 +386,11 @@ def test_batches_give_the_same_outcomes_and_records_as_one_by_one(jobs):
     assert jobs.store.get_job(b[4], include_hidden=True) is None
 
 
-def test_a_stale_remembered_state_falls_back_and_decides_correctly(jobs):
+@SEPARATE
+def test_a_stale_remembered_state_falls_back_and_decides_correctly(jobs, separate):
     (x, y), _ = twins(jobs, 2)
     pipeline = Pipeline(jobs)
-    group = GroupCommit(pipeline)
+    group = GroupCommit(pipeline, separate)
     side = Side(jobs, [x, y], "s")
     assert [o.label for o in group.process([side.event(0, "run", msg_id="1"),
                                             side.event(1, "update", msg_id="2")])] == \
@@ -400,12 +408,13 @@ def test_a_stale_remembered_state_falls_back_and_decides_correctly(jobs):
     assert (group.cache.get(x), group.cache.get(y)) == ("INDEXING", "RUNNING")
 
 
-def test_a_stale_state_never_lets_a_later_event_overtake_an_earlier_one(jobs):
+@SEPARATE
+def test_a_stale_state_never_lets_a_later_event_overtake_an_earlier_one(jobs, separate):
     """Later events of a job are planned from the state its earlier ones lead to; when an
     earlier one misses, the later ones are not tried in the batch but follow it one by one."""
     (x,), _ = twins(jobs, 1)
     pipeline = Pipeline(jobs)
-    group = GroupCommit(pipeline)
+    group = GroupCommit(pipeline, separate)
     side = Side(jobs, [x], "t")
     assert group.process([side.event(0, "update", msg_id="1")])[0].label == "applied"
     assert group.cache.get(x) == "CREATED"
@@ -421,13 +430,14 @@ def test_a_stale_state_never_lets_a_later_event_overtake_an_earlier_one(jobs):
                                                              ("update", {"n": 2})]
 
 
-def test_many_events_of_one_job_in_one_batch_apply_in_delivery_order(jobs):
+@SEPARATE
+def test_many_events_of_one_job_in_one_batch_apply_in_delivery_order(jobs, separate):
     (uuid,), _ = twins(jobs, 1)
     side = Side(jobs, [uuid], "o")
     names = ["run"] + ["update"] * 5 + ["finish", "index", "indexed", "validate", "validated",
                                         "finalize"]
     items = [side.event(0, name, {"i": i}, msg_id=str(i)) for i, name in enumerate(names)]
-    outcomes = GroupCommit(Pipeline(jobs)).process(items)
+    outcomes = GroupCommit(Pipeline(jobs), separate).process(items)
     assert {o.label for o in outcomes} == {"applied"}
     record = jobs.get(uuid)
     assert record["state"] == "FINALIZED" and record["revision"] == 1 + len(names)
@@ -464,6 +474,58 @@ def test_a_store_that_stops_answering_leaves_the_rest_undecided(sqlite_uri, auth
     assert [jobs.get(u)["state"] for u in uuids] == ["RUNNING", "CREATED", "RUNNING"]
     assert GroupCommit(Pipeline(jobs)).process_all(items)[0].label == "duplicate"
     store.close()
+
+
+def test_separate_commits_give_each_change_a_commit_of_its_own(jobs, monkeypatch):
+    uuids, _ = twins(jobs, 3)
+    side = Side(jobs, uuids, "c")
+    group = GroupCommit(Pipeline(jobs), separate_commits=True)
+    commits = []
+    real = jobs.store.commit_event
+
+    def commit_event(uuid, *args, **kwargs):
+        commits.append(uuid)
+        return real(uuid, *args, **kwargs)
+
+    def shared(*args, **kwargs):
+        raise AssertionError("a shared write for changes that must commit separately")
+
+    monkeypatch.setattr(jobs.store, "commit_event", commit_event)
+    monkeypatch.setattr(jobs.store, "commit_events", shared)
+    monkeypatch.setattr(jobs.store, "commit_waves", shared)
+    items = [side.event(0, "run", msg_id="1"), side.event(1, "run", msg_id="2"),
+             side.event(0, "update", msg_id="3"), side.event(2, "update", msg_id="4")]
+    assert [o.label for o in group.process(items)] == ["applied"] * 4
+    # Wave after wave: the first event of each job, then job 0's second.
+    assert commits == [uuids[0], uuids[1], uuids[2], uuids[0]]
+    assert [h["name"] for h in jobs.get(uuids[0])["history"]] == ["create", "run", "update"]
+
+
+def test_separate_commits_keep_what_was_committed_when_the_store_fails_midway(jobs,
+                                                                              monkeypatch):
+    uuids, _ = twins(jobs, 3)
+    side = Side(jobs, uuids, "f")
+    group = GroupCommit(Pipeline(jobs), separate_commits=True)
+    real = jobs.store.commit_event
+    commits = []
+
+    def commit_event(*args, **kwargs):
+        commits.append(args[0])
+        if len(commits) > 1:  # the store stops answering after the first commit
+            raise StoreUnavailable("the store does not answer")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jobs.store, "commit_event", commit_event)
+    items = [side.event(0, "run", msg_id="1"), side.event(1, "run", msg_id="2"),
+             side.event(2, "run", msg_id="3")]
+    outcomes = group.process(items)
+    # The committed one keeps its outcome; the rest are left to the one-by-one path.
+    assert [o and o.label for o in outcomes] == ["applied", None, None]
+    assert [jobs.get(u)["revision"] for u in uuids] == [2, 1, 1]
+    monkeypatch.setattr(jobs.store, "commit_event", real)
+    final = [o or group.pipeline.process(i.body, i.message_id) for i, o in zip(items, outcomes)]
+    assert [o.label for o in final] == ["applied"] * 3
+    assert [jobs.get(u)["revision"] for u in uuids] == [2, 2, 2]
 
 
 def test_state_cache_is_bounded_and_forgets_the_least_recently_used():

@@ -13,6 +13,8 @@ import pytest
 
 from queue_helpers import SECRET, event, make_jobs
 from reactor.app import App
+from reactor.batching import GroupCommit
+from reactor.errors import StoreUnavailable
 from reactor.outcomes import RETRY, Outcome
 from reactor.pipeline_process import (PipelineProcess, PipelineProcessGone, _Child)
 
@@ -33,24 +35,55 @@ def _labels(outcomes) -> list[str | None]:
 
 
 class Failing:
-    """A pipeline that fails on one message id: raises, or answers with a retry outcome."""
+    """A pipeline that fails on one message id: preparing it raises (a bug), or the store
+    fails for it (its commit raises StoreUnavailable, applying it alone gives a retry)."""
 
     def __init__(self, pipeline, message_id: str, how: str):
-        self.pipeline, self.how = pipeline, how
+        self._pipeline, self.how = pipeline, how
         self.key = pipeline.prepare(b"{}", message_id).key  # the message id's duplicate key
+        self.jobs = FailingJobs(pipeline.jobs, self.key) if how == "retry" else pipeline.jobs
+
+    def __getattr__(self, name):
+        return getattr(self._pipeline, name)
 
     def prepare(self, body, message_id=None, params=None):
-        return self.pipeline.prepare(body, message_id, params)
+        prepared = self._pipeline.prepare(body, message_id, params)
+        if self.how == "raises" and prepared.key == self.key:
+            raise RuntimeError("a bug in the pipeline")
+        return prepared
 
-    def conclude(self, prepared):
-        if prepared.key == self.key:
-            if self.how == "raises":
-                raise RuntimeError("a bug in the pipeline")
+    def apply(self, message, key):
+        if self.how == "retry" and key == self.key:
             return Outcome(RETRY, "store_unavailable", "the store does not answer")
-        return self.pipeline.conclude(prepared)
+        return self._pipeline.apply(message, key)
 
     def process(self, body, message_id=None, params=None):
-        return self.conclude(self.prepare(body, message_id, params))
+        prepared = self.prepare(body, message_id, params)
+        if prepared.message is not None and prepared.outcome is None:
+            return self.apply(prepared.message, prepared.key)
+        return self._pipeline.conclude(prepared)
+
+
+class FailingJobs:
+    """Jobs whose store fails to commit the change carrying one duplicate key."""
+
+    def __init__(self, jobs, key: str):
+        self._jobs, self.key = jobs, key
+
+    def __getattr__(self, name):
+        return getattr(self._jobs, name)
+
+    def commit(self, change):
+        if change.entry.get("key") == self.key:
+            raise StoreUnavailable("the store does not answer")
+        return self._jobs.commit(change)
+
+
+def _failing_child(app: App, message_id: str, how: str) -> _Child:
+    child = _Child(app.settings, group_commit=False)
+    child.pipeline = Failing(child.pipeline, message_id, how)
+    child.separate = GroupCommit(child.pipeline, separate_commits=True)
+    return child
 
 
 def test_child_applies_a_list_in_order_with_one_outcome_each(app):
@@ -71,8 +104,7 @@ def test_child_applies_a_list_in_order_with_one_outcome_each(app):
 @pytest.mark.parametrize("how", ["raises", "retry"])
 def test_an_undecided_message_halts_the_child_until_resumed(app, how):
     (a, ta), (b, tb) = make_jobs(app, 2, "halt")
-    child = _Child(app.settings, group_commit=False)
-    child.pipeline = Failing(child.pipeline, "bad", how)
+    child = _failing_child(app, "bad", how)
     try:
         first = child.handle("events", [(event(a, "run", ta), "m1"), (event(b, "run", tb), "bad"),
                                         (event(a, "update", ta), "m3")])

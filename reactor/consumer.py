@@ -26,10 +26,10 @@ With a ``PipelineProcess`` for its pipeline (``reactor consume``'s default), the
 the waiting deliveries to that child process as lists, keeping the next list on its way while
 the child applies the last, and settles each list's outcomes exactly as above; its acks go out
 as soon as the list is settled (a list is already a batch of acks, and holding them longer only
-added latency). A message the
-child leaves undecided (a retry outcome, an exception) halts it; the worker then decides that
-message and everything sent after it one by one, in order, as above. If the child dies, the
-consumer stops with exit code 1 and its unsettled deliveries return to the queue.
+added latency). A message the child leaves undecided (a retry outcome, an exception) halts it;
+the worker then decides that message and everything sent after it one by one, in order, as
+above. If the child dies, the consumer stops with exit code 1 and its unsettled deliveries
+return to the queue.
 
 Group commit (``batch_size`` > 1; the configuration's default is 50, while this class defaults
 to 1 for callers that build it directly): the worker takes what has arrived, up to

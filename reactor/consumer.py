@@ -55,11 +55,11 @@ from typing import Any, Callable
 from tenacity import (Retrying, retry_if_exception_type, retry_if_result, stop_after_attempt,
                       stop_when_event_set, wait_exponential, wait_random)
 
-from .errors import ConfigError
+from .errors import ConfigError, PipelineProcessGone
 from .health import HealthFile
 from .logs import FIELDS_ATTR, batched, outcome_fields
 from .outcomes import REJECTED, RETRY, Outcome
-from .pipeline_process import PipelineProcess, PipelineProcessGone
+from .pipeline_process import PipelineProcess
 from .records import now_iso
 from . import tokens
 from .tokens import SECRET_NAMES, body_token, mask_text

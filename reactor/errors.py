@@ -6,7 +6,7 @@ from transitions.core import MachineError
 __all__ = [
     "ReactorError", "ConfigError", "ValidationError", "UnknownJob", "UnknownPipeline",
     "AuthError", "BrokerError", "StoreError", "StoreUnavailable", "ArchiveError", "ManagedPipelineJobError",
-    "MachineError",
+    "PipelineProcessGone", "PipelineProcessRaised", "MachineError",
 ]
 
 
@@ -52,3 +52,11 @@ class ArchiveError(ReactorError):
 
 class ManagedPipelineJobError(ReactorError):
     """A ManagedPipelineJob operation is not allowed in the job's current condition."""
+
+
+class PipelineProcessGone(ReactorError):
+    """The consumer's pipeline process exited, or could not start."""
+
+
+class PipelineProcessRaised(ReactorError):
+    """Processing a message raised in the pipeline process (its traceback is the message)."""

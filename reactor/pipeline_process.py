@@ -39,7 +39,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .errors import ReactorError
+from .errors import PipelineProcessGone, PipelineProcessRaised
 from .outcomes import RETRY, Outcome
 from .tokens import mask_text
 
@@ -47,14 +47,6 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
-
-
-class PipelineProcessGone(ReactorError):
-    """The pipeline's child process exited or could not start."""
-
-
-class PipelineProcessRaised(ReactorError):
-    """Processing a message raised in the child process (its traceback is the message)."""
 
 
 class PipelineProcess:

@@ -14,9 +14,9 @@ import pytest
 from queue_helpers import SECRET, event, make_jobs
 from reactor.app import App
 from reactor.batching import GroupCommit
-from reactor.errors import StoreUnavailable
+from reactor.errors import PipelineProcessGone, StoreUnavailable
 from reactor.outcomes import RETRY, Outcome
-from reactor.pipeline_process import (PipelineProcess, PipelineProcessGone, _Child)
+from reactor.pipeline_process import PipelineProcess, _Child
 
 
 @pytest.fixture

@@ -209,19 +209,27 @@ def test_store_outage_pauses_consuming_and_resumes_without_loss(amqp_url, tmp_pa
         ferret.stop()
 
 
-@BATCH_SIZES
-def test_sigterm_drains_cleanly_and_nothing_is_lost_or_duplicated(setup, batch_size):
-    setup.overrides["batch_size"] = batch_size
-    work = Workload.build(make_jobs(setup.app, 20, "term"), 30)
+def _frozen_mid_run(setup: QueueSetup, label: str, progress: int):
+    """A consumer frozen once it has taken ``progress`` deliveries of the first half of a
+    workload (20 jobs × 30 events): the workload, its second half (not yet published) and the
+    consumer."""
+    work = Workload.build(make_jobs(setup.app, 20, label), 30)
     first, second = work.steps(0, 15), work.steps(15, 30)
     first.publish(setup)
     proc = setup.start_consumer()
     queue = setup.names["queue"]
-    wait_until(while_running(lambda: queue_depth(setup.amqp_url, queue) <= first.sent - 150,
-                             proc), 120, "some progress before SIGTERM")
+    wait_until(while_running(lambda: queue_depth(setup.amqp_url, queue) <= first.sent - progress,
+                             proc), 120, f"{progress} deliveries taken")
+    freeze(proc)
+    return work, second, proc
+
+
+@BATCH_SIZES
+def test_sigterm_drains_cleanly_and_nothing_is_lost_or_duplicated(setup, batch_size):
+    setup.overrides["batch_size"] = batch_size
     # SIGTERM reaches a frozen consumer that holds deliveries with more queued behind them:
     # what it was doing at the freeze it finishes and acks, the rest must go back.
-    freeze(proc)
+    work, second, proc = _frozen_mid_run(setup, "term", 150)
     second.publish(setup)
     code = stop(proc)
     applied, ready = work.applied(setup.app), total_depth(setup.amqp_url, setup.queue_names())
@@ -309,16 +317,9 @@ def _pipeline_process(proc) -> int:
 def test_pipeline_process_killed_mid_run_stops_the_consumer_and_loses_nothing(setup,
                                                                                batch_size):
     setup.overrides["batch_size"] = batch_size
-    work = Workload.build(make_jobs(setup.app, 20, "child"), 30)
-    first, second = work.steps(0, 15), work.steps(15, 30)
-    first.publish(setup)
-    proc = setup.start_consumer()
-    queue = setup.names["queue"]
-    wait_until(while_running(lambda: queue_depth(setup.amqp_url, queue) <= first.sent - 100,
-                             proc), 120, "some progress")
     # Frozen, the consumer holds deliveries (some perhaps sent to the child, some committed
     # and not yet acked) while its pipeline process is killed and more work arrives.
-    freeze(proc)
+    work, second, proc = _frozen_mid_run(setup, "child", 100)
     os.kill(_pipeline_process(proc), signal.SIGKILL)
     second.publish(setup)
     thaw(proc)

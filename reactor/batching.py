@@ -31,6 +31,7 @@ from .errors import AuthError, MachineError, StoreError, StoreUnavailable, Unkno
 from .jobs import Change
 from .messages import DeleteMessage, EventMessage
 from .outcomes import Outcome
+from .store.base import apply_in_waves
 from .tokens import mask_text
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ class GroupCommit:
         to; commit them in one store write of waves; then the one-by-one path for the rest."""
         if not indexes:
             return
-        date = self.jobs.clock()  # one commit, one time
+        date = self.jobs.clock()  # planned together, one time (one commit, or one list's)
         expected: dict[str, str | None] = {}  # per job: the state its next event starts from
         planned: dict[str, int] = {}  # per job: changes planned so far = its next wave
         held: set[str] = set()  # jobs with an event left to the one-by-one path
@@ -208,23 +209,27 @@ class GroupCommit:
             return [[None] * len(wave) for wave in waves]
 
     def _commit_separately(self, waves: list[list[Change]]) -> list[list]:
-        """Each change in a commit of its own, wave after wave, leaving out the later changes
-        of a job that missed. If the store fails, what it committed keeps its result and the
-        rest are None: the one-by-one path then decides them (or finds the store down)."""
-        results: list[list] = [[None] * len(wave) for wave in waves]
-        missed: set[str] = set()
-        try:
-            for out, wave in zip(results, waves):
-                for index, change in enumerate(wave):
-                    if change.uuid in missed:
+        """Each change in a commit of its own, in the order of ``apply_in_waves`` (a job that
+        missed is not tried again). If the store fails, what it committed keeps its result and
+        the rest are None: the one-by-one path then decides them (or finds the store down)."""
+        failed: list[Exception] = []
+
+        def commit(todo: list[tuple[str, Change]]) -> list:
+            results = []
+            for _uuid, change in todo:
+                if not failed:
+                    try:
+                        results.append(self.jobs.commit(change))
                         continue
-                    out[index] = self.jobs.commit(change)
-                    if out[index] is None:
-                        missed.add(change.uuid)
-        except (StoreUnavailable, TimeoutError, StoreError) as exc:
-            log.warning("the store failed while committing changes one by one (%s); the rest "
-                        "take the one-by-one path", mask_text(str(exc)))
-        return results
+                    except (StoreUnavailable, TimeoutError, StoreError) as exc:
+                        failed.append(exc)
+                        log.warning("the store failed while committing changes one by one "
+                                    "(%s); the rest take the one-by-one path",
+                                    mask_text(str(exc)))
+                results.append(None)
+            return results
+
+        return apply_in_waves([[(c.uuid, c) for c in wave] for wave in waves], commit)
 
     def _apply_alone(self, message: EventMessage, key: str) -> Outcome | None:
         """The one-by-one path for one event; None if it could not be decided."""

@@ -280,10 +280,16 @@ class Consumer:
 
     def _check_remote(self) -> None:
         gone = self._remote.gone()
-        if gone is not None and not self.exit_code:
+        if gone is not None:
+            self._pipeline_gone(gone)
+
+    def _pipeline_gone(self, gone: PipelineProcessGone) -> None:
+        """Stop with exit code 1: the pipeline process is gone (reported once, by whichever
+        thread finds out first)."""
+        if not self.exit_code:
             log.error("%s: stopping; unsettled deliveries return to the queue", gone)
-            self.exit_code = 1
-            self.request_stop()
+        self.exit_code = 1
+        self.request_stop()
 
     def _write_health(self) -> None:
         status = "paused" if self._outage else self.transport.status
@@ -366,10 +372,7 @@ class Consumer:
                 self._settle_remote(batch, outcomes, sent)
                 self._send_acks()
         except PipelineProcessGone as exc:
-            if not self.exit_code:  # else the check on the IO thread has reported it
-                log.error("%s: stopping; unsettled deliveries return to the queue", exc)
-            self.exit_code = 1
-            self.request_stop()
+            self._pipeline_gone(exc)
         except Exception as exc:  # noqa: BLE001 - a bug here must not wedge the consumer
             log.error("internal error: %s; stopping (unsettled deliveries return to the queue)",
                       mask_text("".join(traceback.format_exception(exc))))

@@ -171,17 +171,14 @@ class Jobs:
         committed = self.store.commit_waves(
             [[(c.uuid, c.from_state, c.to_state, c.entry) for c in wave] for wave in waves],
             with_history=with_history)
-        return [[EventResult(record, True, c.from_state, c.event) if record is not None
-                 else None for c, record in zip(wave, records)]
+        return [[_committed(c, record) for c, record in zip(wave, records)]
                 for wave, records in zip(waves, committed)]
 
     def commit(self, change: Change) -> EventResult | None:
         """Commit one planned change on its own (one store commit); None if its
         compare-and-set missed, as in ``commit_waves``."""
-        record = self.store.commit_event(change.uuid, change.from_state, change.to_state,
-                                         change.entry, with_history=False)
-        return None if record is None else EventResult(record, True, change.from_state,
-                                                       change.event)
+        return _committed(change, self.store.commit_event(
+            change.uuid, change.from_state, change.to_state, change.entry, with_history=False))
 
     def delete(self, uuid: str, token: object, force: bool = True) -> bool:
         """Delete (``force``) or hide a job; needs an administrative token."""
@@ -193,3 +190,8 @@ class Jobs:
     def cancel(self, uuid: str) -> bool:
         """Delete a job that has processed no event beyond ``create`` (decided by the store)."""
         return self.store.delete_job(uuid, force=True, only_if_revision=1)
+
+
+def _committed(change: Change, record: dict | None) -> EventResult | None:
+    """The result of ``change`` whose commit gave ``record`` (None: its compare-and-set missed)."""
+    return None if record is None else EventResult(record, True, change.from_state, change.event)

@@ -69,10 +69,7 @@ class Pipeline:
 
         Unexpected exceptions (bugs, a store refusing a write for good) propagate, so that the
         caller counts the attempt."""
-        return self.conclude(self.prepare(body, message_id, params))
-
-    def conclude(self, prepared: Prepared) -> Outcome:
-        """The outcome of a prepared message: its rejection, or what applying it gave."""
+        prepared = self.prepare(body, message_id, params)
         if prepared.outcome is not None:
             outcome = prepared.outcome
         elif isinstance(prepared.message, DeleteMessage):

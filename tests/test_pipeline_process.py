@@ -59,9 +59,9 @@ class Failing:
 
     def process(self, body, message_id=None, params=None):
         prepared = self.prepare(body, message_id, params)
-        if prepared.message is not None and prepared.outcome is None:
+        if self.how == "retry" and prepared.key == self.key:
             return self.apply(prepared.message, prepared.key)
-        return self._pipeline.conclude(prepared)
+        return self._pipeline.process(body, message_id, params)
 
 
 class FailingJobs:

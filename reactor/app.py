@@ -49,7 +49,8 @@ class App:
     def jobs(self):
         from .jobs import Jobs
 
-        return Jobs(self.store, self.authority, self.settings.verify_pipelines)
+        return Jobs(self.store, self.authority, self.settings.verify_pipelines,
+                    archive_root=str(self.settings.resolved_archive_root.absolute()))
 
     def close(self) -> None:
         """Close the store if it was opened."""

@@ -40,6 +40,17 @@ class LazyGroup(click.Group):
         except (ImportError, AttributeError) as exc:
             raise click.ClickException(f"command {name!r} is not available: {exc}") from None
 
+    def invoke(self, ctx: click.Context):
+        """Run the subcommand; a usage error quoting an argument has its tokens masked."""
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            # click's own texts quote the offending value ("'…' is not one of …") whole.
+            from .tokens import mask_quoted
+
+            exc.message = mask_quoted(exc.message)
+            raise
+
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,7 +96,12 @@ def handle_error(exc: BaseException) -> NoReturn:
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.find_root().params.get("debug"):
         raise exc
-    click.echo(f"reactor: error: {exc}", err=True)
+    from .tokens import mask_text
+
+    # An error text may quote what the caller gave: tokens masked, and text that cannot be
+    # written (a lone surrogate from a bad argument) escaped rather than crashing the write.
+    text = mask_text(str(exc)).encode("utf-8", "backslashreplace").decode("utf-8")
+    click.echo(f"reactor: error: {text}", err=True)
     sys.exit(2)
 
 

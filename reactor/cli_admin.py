@@ -28,10 +28,12 @@ def pipelines() -> None:
 def pipelines_add(name: str, uuid_: str | None) -> None:
     """Register a pipeline and print its uuid (idempotent)."""
     from .identifiers import check_typed, pipeline_uuid
+    from .jsonvalues import check_text
     from .records import now_iso
 
     app = app_from_context()
     try:
+        check_text(name, "--name")
         if not name.strip() or name != name.strip():
             raise ValueError(f"--name must be non-empty without leading or trailing spaces, "
                              f"got {name!r}")

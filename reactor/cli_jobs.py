@@ -48,11 +48,49 @@ def _dump(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
+def _entries_shown(history: list) -> list:
+    """History entries as printed: a duplicate key quotes the sender's message id, so it is
+    masked like any text that leaves the reactor (a token sent as a message id)."""
+    from .tokens import mask_text
+
+    return [{**h, "key": mask_text(h["key"])} if isinstance(h.get("key"), str) else h
+            for h in history]
+
+
+def _record_shown(record: dict) -> dict:
+    """A job record as printed (see ``_entries_shown``)."""
+    if "history" not in record:
+        return record
+    return {**record, "history": _entries_shown(record["history"])}
+
+
 def _short(value: Any, limit: int = 60) -> str:
     if value in (None, {}):
         return ""
     text = json.dumps(value, sort_keys=True, ensure_ascii=False)
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def decode_option(option: str, text: str) -> Any:
+    """The JSON value of a command-line option, decoded by the message contract's rules (no
+    duplicate keys, NaN, deep nesting or bad Unicode), so the CLI is no looser than a message."""
+    from .messages import NO_BODY, MessageRejected, decode
+
+    try:
+        # Bytes of an argument that were not UTF-8 reach Python as lone surrogates: back to
+        # those bytes, which the decoder names; any other lone surrogate stays invalid too.
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogatepass")
+    try:
+        value = decode(raw)
+    except MessageRejected as exc:
+        detail = exc.detail
+        raise ValueError(f"{option} {detail[len('message '):]}" if detail.startswith("message ")
+                         else f"{option}: {detail}") from None
+    if value is NO_BODY:
+        raise ValueError(f"{option} is empty; give a JSON value")
+    return value
 
 
 # --- reactor jobs ---------------------------------------------------------------------------
@@ -76,10 +114,7 @@ def jobs() -> None:
 def jobs_create(pipeline_uuid: str, data_text: str, uuid_: str | None, child_of: tuple,
                 archive_path: str, as_json: bool) -> None:
     """Create a job (or find the one with the same identity); print its uuid and token."""
-    try:
-        data = json.loads(data_text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--data is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    data = decode_option("--data", data_text)
     if not isinstance(data, dict):
         raise ValueError(f"--data must be a JSON object, e.g. '{{\"sample\": \"A\"}}', not "
                          f"{type(data).__name__}")
@@ -120,7 +155,7 @@ def jobs_list(state: str | None, pipeline_uuid: str | None, limit: int, hidden: 
     finally:
         app.close()
     if as_json:
-        click.echo(_dump(found))
+        click.echo(_dump([_record_shown(j) for j in found]))
         return
     if not found:
         click.echo("no jobs found", err=True)
@@ -153,7 +188,7 @@ def jobs_show(uuid: str, as_json: bool) -> None:
     finally:
         app.close()
     if as_json:
-        click.echo(_dump(record))
+        click.echo(_dump(_record_shown(record)))
         return
     fields = ("uuid", "state", "last_event", "pipeline_uuid", "archive_system", "archive_path",
               "session", "agent", "task", "created", "updated", "revision")
@@ -182,7 +217,7 @@ def jobs_history(uuid: str, as_json: bool) -> None:
         app.close()
     history = record.get("history", [])
     if as_json:
-        click.echo(_dump(history))
+        click.echo(_dump(_entries_shown(history)))
         return
     rows = [(i, h.get("date"), h.get("name"), s, _short(h.get("data")))
             for i, (h, s) in enumerate(zip(history, states_after(history)), 1)]

@@ -156,7 +156,9 @@ def forwarded_properties(delivery: Delivery, action: Action, attempt: int, outco
                and not any(s in str(k).lower() for s in SECRET_NAMES)}
     # Where it came from is kept from the first delivery: later ones arrive via the retry queue.
     headers.setdefault(FIRST_SEEN, now)
-    headers.setdefault(ROUTING_KEY, delivery.routing_key)
+    # Copies for the operator (the properties keep the originals): masked like every
+    # dead-letter record, in case a sender put a token there.
+    headers.setdefault(ROUTING_KEY, mask_text(delivery.routing_key))
     headers.setdefault(EXCHANGE, delivery.exchange)
     headers[ATTEMPTS] = attempt
     headers[QUEUE] = delivery.queue
@@ -165,7 +167,8 @@ def forwarded_properties(delivery: Delivery, action: Action, attempt: int, outco
         headers[RETRY_REASON] = action.reason
     else:
         headers.update({REASON: action.reason, DETAIL: detail, OUTCOME: outcome_label,
-                        MESSAGE_ID: delivery.message_id or "", DEAD_LETTERED_AT: now})
+                        MESSAGE_ID: mask_text(delivery.message_id or ""),
+                        DEAD_LETTERED_AT: now})
     props = {k: v for k, v in delivery.properties.items() if k != "headers"}
     props["headers"] = headers
     props["delivery_mode"] = 2

@@ -105,12 +105,12 @@ def from_queued(message: QueuedMessage) -> DeadLetter:
     h = message.headers
     attempts = h.get(_c.ATTEMPTS)
     return DeadLetter(
-        message_id=message_key(message), reason=_text(h.get(_c.REASON)) or "unknown",
+        message_id=mask_text(message_key(message)), reason=_text(h.get(_c.REASON)) or "unknown",
         attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool)
         else None,
         first_seen=_text(h.get(_c.FIRST_SEEN)), dead_lettered_at=_text(h.get(_c.DEAD_LETTERED_AT)),
         detail=mask_text(_text(h.get(_c.DETAIL))), outcome=_text(h.get(_c.OUTCOME)),
-        routing_key=_routing_key(message),
+        routing_key=mask_text(_routing_key(message)),
         position=message.position, size=len(message.body), body=masked_body(message.body),
         headers=_safe_headers(h))
 
@@ -210,7 +210,8 @@ def requeue(url: str, topology: Topology, message_ids: Iterable[str] = (),
             letter = from_queued(m)
             if keys[m.position] in ids or (reason is not None and letter.reason == reason):
                 letters[m.position] = letter
-                plan.append(Redrive(m.position, topology.exchange, letter.routing_key,
+                # The routing key as it was, not the masked one the operator sees.
+                plan.append(Redrive(m.position, topology.exchange, _routing_key(m),
                                     redrive_properties(m, now)))
         return plan
 

@@ -372,7 +372,10 @@ def render_lifecycle_md() -> str:
         dest = "same state" if t.dest == lifecycle.SAME else f"`{t.dest}`"
         lines.append(f"| `{t.event}` | {_sources_text(t)} | {dest} | "
                      f"{'admin' if t.admin else 'job'} | {_md_cell(t.description)} |")
-    lines += ["", "## Events allowed in each state", "", "| State | Events |", "|---|---|"]
+    lines += ["", f"`{lifecycle.CREATION_EVENT}` is recorded once, when a job is created: sent "
+              "to an existing job it is refused on every path (an invalid transition), although "
+              "the table keeps the replaced system's `CREATED → CREATED` row.",
+              "", "## Events allowed in each state", "", "| State | Events |", "|---|---|"]
     for name in lifecycle.STATE_NAMES:
         events = ", ".join(f"`{e}`" for e in lifecycle.allowed_events(name))
         lines.append(f"| `{name}` | {events} |")

@@ -12,6 +12,8 @@ import random
 import uuid as _uuid
 from typing import Any, Iterable
 
+from .tokens import shown
+
 # Prefixes of the catalog's typed UUIDs.
 PREFIXES = {
     "generic": "100", "experiment": "102", "sample": "103", "measurement": "104", "file": "105",
@@ -23,7 +25,8 @@ PIPELINE_PREFIX = PREFIXES["pipeline"]
 EVENT_PREFIX = PREFIXES["pipelinejob_event"]
 
 NAMESPACE = _uuid.uuid3(_uuid.NAMESPACE_DNS, "sd2e.org")
-_TYPED = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# Used with fullmatch: a pattern's "$" would also match before a final newline.
+_TYPED = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 _NAMESPACE_BYTES = NAMESPACE.bytes
@@ -70,8 +73,24 @@ def history_uuid() -> str:
 def check_typed(value: Any, kind: str) -> str:
     """Return ``value`` if it is a typed uuid of ``kind``, else raise ValueError naming the problem."""
     prefix = PREFIXES[kind]
-    if not isinstance(value, str) or not _TYPED.match(value):
-        raise ValueError(f"{kind} uuid must be a lower-case UUID string, got {value!r}")
+    if not isinstance(value, str) or not _TYPED.fullmatch(value):
+        # The value is echoed only when harmless: a token sent in the uuid slot must not be.
+        raise ValueError(f"{kind} uuid must be a lower-case UUID string, got {shown(value)}")
     if not value.startswith(prefix):
-        raise ValueError(f"{kind} uuid must start with {prefix}, got {value!r}")
+        raise ValueError(f"{kind} uuid must start with {prefix}, got {shown(value)}")
     return value
+
+
+def check_any_typed(value: Any, what: str) -> str:
+    """Return ``value`` if it is a typed uuid of any known kind, else ValueError naming ``what``."""
+    kind = _KIND_BY_PREFIX.get(value[:3]) if isinstance(value, str) else None
+    if kind is None:
+        raise ValueError(f"{what} must be a typed uuid (e.g. 102… experiment, 103… sample, "
+                         f"104… measurement, 107… job), got {shown(value)}")
+    try:
+        return check_typed(value, kind)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
+_KIND_BY_PREFIX = {prefix: kind for kind, prefix in PREFIXES.items()}

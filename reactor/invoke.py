@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, TextIO
 
 from .errors import StoreUnavailable
+from .logs import ConsoleFormatter
 from .messages import PARAM_NAMES
 from .outcomes import RETRY, Outcome
 from .tokens import mask_text
@@ -77,7 +78,8 @@ def log_to_stderr(level: str = "INFO") -> None:
     logger = logging.getLogger("reactor")
     if not any(getattr(h, "_reactor_invoke", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        # The console formatter masks tokens in every line, like every handler the reactor sets.
+        handler.setFormatter(ConsoleFormatter())
         handler._reactor_invoke = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(level.upper())

@@ -10,10 +10,13 @@ from typing import Callable
 
 from . import lifecycle, records
 from .errors import AuthError, MachineError, StoreError, UnknownJob, UnknownPipeline
-from .identifiers import check_typed, job_uuid
+from .identifiers import check_any_typed, check_typed, job_uuid
+from .jsonvalues import check_json, check_text
 from .store.base import JobStore
 from .tokens import Authority, mask
 
+# Free-text fields of a job record, set at creation.
+TEXT_FIELDS = ("archive_system", "session", "agent", "task")
 # A compare-and-set that misses means another writer moved the job; re-reading and recomputing
 # converges quickly (each miss is someone else's success), so a small bound is plenty.
 MAX_RACES = 64
@@ -68,26 +71,43 @@ class Jobs:
     """Job operations over one store, with one authority for tokens."""
 
     def __init__(self, store: JobStore, authority: Authority, verify_pipelines: bool = True,
-                 clock: Callable[[], str] = records.now_iso):
+                 clock: Callable[[], str] = records.now_iso,
+                 archive_root: str | None = None):
         self.store = store
         self.authority = authority
         self.verify_pipelines = verify_pipelines
         self.clock = clock
+        # The directory job archives must lie strictly below (``archive.claim``); None (none
+        # known): a job can only be created without an archive path.
+        self.archive_root = archive_root
 
     def create(self, pipeline_uuid: str, data: dict | None = None, child_of: list | None = None,
                uuid: str | None = None, **fields) -> tuple[dict, bool]:
         """Create the job (or find the existing one with the same identity); (record, created)."""
         check_typed(pipeline_uuid, "pipeline")
-        data = records.check_data(data) or {}
-        child_of = list(child_of or [])
-        if not all(isinstance(c, str) for c in child_of):
-            raise ValueError("child_of must be a list of uuid strings")
+        # Caller data is held to the message contract's rule, whichever path it came by.
+        data = check_json(records.check_data(data), "data") or {}
+        if isinstance(child_of, (str, bytes)) or not isinstance(child_of, (list, tuple,
+                                                                          type(None))):
+            raise TypeError("child_of must be a list of typed uuid strings")
+        child_of = [check_any_typed(c, "child_of") for c in child_of or ()]
+        for name in TEXT_FIELDS:
+            if name in fields:
+                check_text(fields[name], name)
         if uuid is not None:
             check_typed(uuid, "pipelinejob")
         if self.verify_pipelines and self.store.get_pipeline(pipeline_uuid) is None:
             raise UnknownPipeline(f"pipeline {pipeline_uuid} is not registered; register it with "
                                   "`reactor pipelines add` or switch verify_pipelines off")
         uid = uuid or job_uuid(pipeline_uuid, child_of, data)
+        if "archive_path" in fields:
+            # A job's archive must be its own: below the archive root, and neither another
+            # job's archive nor inside or around one (what reset would refuse to clear).
+            # ArchiveError before anything is written; "" stays "no archive".
+            from . import archive
+
+            fields["archive_path"] = archive.claim(self.store, self.archive_root,
+                                                   fields["archive_path"], uid)
         record = records.new_job_record(uuid=uid, pipeline_uuid=pipeline_uuid, data=data,
                                         child_of=child_of, date=self.clock(), **fields)
         return self.store.create_job(record)
@@ -116,7 +136,7 @@ class Jobs:
         entry takes it without a copy.
         """
         event = lifecycle.normalize_event(event)
-        data = records.check_data(data)
+        data = _caller_data(data, private_data)
         record = record if record is not None else self.get(uuid, with_history)
         self.authorize(uuid, event, token)
         for _ in range(MAX_RACES):
@@ -124,7 +144,7 @@ class Jobs:
                 return EventResult(record, False, record["state"], event)
             from_state = record["state"]
             try:
-                to_state = lifecycle.next_state(from_state, event)
+                to_state = lifecycle.applied_state(from_state, event)
             except MachineError:
                 if key is None or "history" in record:
                     raise
@@ -153,9 +173,9 @@ class Jobs:
         The same checks as ``apply`` in the same order, raising the same errors; ``state`` is
         only the expected state: the compare-and-set in ``commit_waves`` verifies it."""
         event = lifecycle.normalize_event(event)
-        data = records.check_data(data)
+        data = _caller_data(data, private_data)
         self.authorize(uuid, event, token)
-        to_state = lifecycle.next_state(state, event)
+        to_state = lifecycle.applied_state(state, event)
         entry = records.history_entry(event, data, date or self.clock(), key,
                                       copy=not private_data)
         return Change(uuid, state, to_state, entry)
@@ -190,6 +210,13 @@ class Jobs:
     def cancel(self, uuid: str) -> bool:
         """Delete a job that has processed no event beyond ``create`` (decided by the store)."""
         return self.store.delete_job(uuid, force=True, only_if_revision=1)
+
+
+def _caller_data(data: object, private_data: bool) -> dict | None:
+    """``data`` checked as caller data; a just-decoded message's data (``private_data``) was
+    checked by the message contract already, and is only checked to be an object."""
+    data = records.check_data(data)
+    return data if private_data or data is None else check_json(data, "data")
 
 
 def _committed(change: Change, record: dict | None) -> EventResult | None:

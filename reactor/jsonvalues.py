@@ -11,10 +11,15 @@ class NotJSON(TypeError, ValueError):
     """A value of a kind JSON cannot hold (a set, a non-string key, …): a wrong type *and* value."""
 
 
-def check_json(value: Any, where: str = "data", max_depth: int = 64) -> Any:
-    """Return ``value`` if JSON and both stores hold it exactly; else raise naming the place."""
+def check_json(value: Any, where: str = "data", max_depth: int = 64,
+               nul_keys: bool = False) -> Any:
+    """Return ``value`` if JSON and both stores hold it exactly; else raise naming the place.
+
+    Text must be valid Unicode (no unpaired surrogate: no store can encode one). A NUL in an
+    object key is refused unless ``nul_keys`` (the store's own check allows what it can keep;
+    what callers send is held to the message contract, which refuses it)."""
     try:
-        _walk(value, 0, max_depth)
+        _walk(value, 0, max_depth, nul_keys)
     except _Bad as bad:
         path = where + "".join(f"[{p!r}]" if isinstance(p, str) else f"[{p}]"
                                for p in reversed(bad.parts))
@@ -33,10 +38,38 @@ class _Bad(Exception):
         self.parts: list = []
 
 
-def _walk(value: Any, depth: int, max_depth: int) -> None:
+def check_text(value: Any, what: str) -> str:
+    """Return ``value`` if it is a string of valid Unicode without NUL, else ValueError."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
+    if not _valid_text(value) or "\x00" in value:
+        raise ValueError(f"{what} must be valid Unicode text without NUL characters (it holds "
+                         "an unpaired surrogate or a NUL)")
+    return value
+
+
+def _valid_text(text: str) -> bool:
+    # ASCII (nearly all text) is valid by itself; only other text can hold a lone surrogate.
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_BAD_TEXT = "{where} holds an unpaired UTF-16 surrogate, which no store can encode"
+
+
+def _walk(value: Any, depth: int, max_depth: int, nul_keys: bool) -> None:
     if depth > max_depth:
         raise _Bad(ValueError, f"{{where}} is nested more than {max_depth} levels deep")
-    if value is None or isinstance(value, (str, bool)):
+    if isinstance(value, str):
+        if not _valid_text(value):
+            raise _Bad(ValueError, _BAD_TEXT)
+        return
+    if value is None or isinstance(value, bool):
         return
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
@@ -52,13 +85,19 @@ def _walk(value: Any, depth: int, max_depth: int) -> None:
                 raise _Bad(NotJSON, f"{{where}} has a non-string key {_braces(repr(key))} "
                            f"({type(key).__name__}); JSON object keys must be strings, e.g. "
                            f"{_braces(repr(str(key)))}")
+            if not _valid_text(key):
+                raise _Bad(ValueError, "{where} has a key with an unpaired UTF-16 surrogate, "
+                           "which no store can encode")
+            if not nul_keys and "\x00" in key:
+                raise _Bad(ValueError, "{where} has a key with a NUL character, which no "
+                           "message may carry, so no other path stores it either")
             if not (inline and _plain_leaf(item)):
-                _descend(item, key, depth, max_depth)
+                _descend(item, key, depth, max_depth, nul_keys)
     elif isinstance(value, (list, tuple)):
         inline = depth < max_depth
         for index, item in enumerate(value):
             if not (inline and _plain_leaf(item)):
-                _descend(item, index, depth, max_depth)
+                _descend(item, index, depth, max_depth, nul_keys)
     else:
         raise _Bad(NotJSON, f"{{where}} is a {type(value).__name__}, which JSON cannot "
                    "represent; use a dict, list, string, number, boolean or None (e.g. a list "
@@ -69,14 +108,14 @@ def _plain_leaf(item: Any) -> bool:
     """True for a valid leaf of an exact plain type: checked in place, without a call to
     ``_walk`` (most of a document is leaves). Anything else takes the full walk."""
     kind = type(item)
-    return kind is str or item is None or kind is bool or \
+    return (kind is str and item.isascii()) or item is None or kind is bool or \
         (kind is int and INT64_MIN <= item <= INT64_MAX) or \
         (kind is float and math.isfinite(item))
 
 
-def _descend(item: Any, part: Any, depth: int, max_depth: int) -> None:
+def _descend(item: Any, part: Any, depth: int, max_depth: int, nul_keys: bool) -> None:
     try:
-        _walk(item, depth + 1, max_depth)
+        _walk(item, depth + 1, max_depth, nul_keys)
     except _Bad as bad:
         bad.parts.append(part)
         raise

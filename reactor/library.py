@@ -21,10 +21,11 @@ from typing import Any, Iterable
 from urllib.parse import urlencode
 
 from . import archive, identifiers, lifecycle, records
+from . import jsonvalues
 from .jsonvalues import check_json
 from . import config as _config
 from .errors import ArchiveError, AuthError, ManagedPipelineJobError
-from .tokens import mask
+from .tokens import mask, shown
 
 __all__ = ["ManagedPipelineJob", "ManagedPipelineJobInstance", "ManagedPipelineJobError",
            "store_location"]
@@ -37,9 +38,8 @@ _EVENT_DOC_KEYS = ("uuid", "name", "data", "token")
 _CHILD_KEYWORDS = (("experiment_design_id", "experiment_design"), ("experiment_id", "experiment"),
                    ("sample_id", "sample"), ("measurement_id", "measurement"))
 _STORE_SCHEMES = ("mongodb://", "mongodb+srv://", "sqlite:///")
-_DB_NAME = re.compile(r'^[^/\\. "$*<>:|?]{1,63}$')
-_BASE64URL = re.compile(r"^[A-Za-z0-9_-]+$")
-_TYPED_PREFIXES = frozenset(identifiers.PREFIXES.values())
+_DB_NAME = re.compile(r'[^/\\. "$*<>:|?\x00-\x1f\x7f\s]{1,63}')  # fullmatch
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch: "$" would pass a final "\n"
 # create is setup()'s job; reset has library semantics (archive clearing) written by hand.
 _HAND_WRITTEN = frozenset({"create", "reset"})
 
@@ -61,14 +61,18 @@ def store_location(mongodb: Any) -> tuple[str, str | None]:
                          "or 'uri'")
     if "authn" in mongodb:
         uri = _decode_authn(mongodb["authn"])
-        shown = "mongodb['authn'] decodes to a string that"  # never echo credentials
+        what = "mongodb['authn'] decodes to a string that"  # never echo credentials
     else:
         uri = mongodb["uri"]
         if not isinstance(uri, str) or not uri:
             raise ValueError("mongodb['uri'] must be a non-empty string")
-        shown = f"mongodb['uri'] (scheme {uri.split('://')[0][:20]!r})"
+        what = f"mongodb['uri'] (scheme {uri.split('://')[0][:20]!r})"
+    if not uri.isprintable() or any(c.isspace() for c in uri):
+        # "sqlite:///x.db\n" would open another file; a URI never holds such characters.
+        raise ValueError(f"{what} contains white space or a control character; a store URI "
+                         "has none (a trailing newline, say from `echo … | base64`?)")
     if not uri.startswith(_STORE_SCHEMES) or uri in _STORE_SCHEMES:
-        raise ValueError(f"{shown} is not a usable store URI; use mongodb://host/…, "
+        raise ValueError(f"{what} is not a usable store URI; use mongodb://host/…, "
                          "mongodb+srv://… or sqlite:///path/to/file.db")
     database = mongodb.get("database")
     if database is None:
@@ -76,9 +80,9 @@ def store_location(mongodb: Any) -> tuple[str, str | None]:
     if uri.startswith("sqlite:"):
         raise ValueError("mongodb['database'] applies to MongoDB only; the sqlite store is the "
                          "file named by the URI")
-    if not isinstance(database, str) or not _DB_NAME.match(database):
+    if not isinstance(database, str) or not _DB_NAME.fullmatch(database):
         raise ValueError(f"mongodb['database'] must be a MongoDB database name (1-63 characters, "
-                         f"none of / \\ . space \" $ * < > : | ?), got {database!r}")
+                         f"none of / \\ . space \" $ * < > : | ?), got {shown(database)}")
     in_uri = uri.split("://", 1)[1].partition("/")[2].split("?")[0]
     if in_uri and in_uri != database:
         raise ValueError(f"mongodb['database'] is {database!r} but the URI names database "
@@ -92,7 +96,7 @@ def _decode_authn(value: Any) -> str:
                          "string")
     # Accept the standard alphabet and padding too: the replaced system's values used them.
     text = value.strip().replace("+", "-").replace("/", "_").rstrip("=")
-    if not _BASE64URL.match(text):
+    if not _BASE64URL.fullmatch(text):
         raise ValueError("mongodb['authn'] is not base64url text (A-Z a-z 0-9 - _)")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
@@ -117,17 +121,12 @@ def _uuid_list(value: Any, what: str, kind: str | None) -> list[str]:
     if not isinstance(items, (list, tuple)):
         raise TypeError(f"{what} must be a uuid string or a list of them, not "
                         f"{type(value).__name__}")
+    if kind is None:
+        return [identifiers.check_any_typed(item, what) for item in items]
     out = []
     for item in items:
-        expected = kind
-        if expected is None:
-            prefix = item[:3] if isinstance(item, str) else None
-            expected = next((k for k, p in identifiers.PREFIXES.items() if p == prefix), None)
-            if expected is None:
-                raise ValueError(f"{what} entries must be typed uuids (e.g. 102… experiment, "
-                                 f"103… sample, 104… measurement), got {item!r}")
         try:
-            out.append(identifiers.check_typed(item, expected))
+            out.append(identifiers.check_typed(item, kind))
         except ValueError as exc:
             raise ValueError(f"{what}: {exc}") from None
     return out
@@ -166,6 +165,7 @@ def _check_secret(secret: Any) -> str | None:
         return None
     if not isinstance(secret, str):
         raise TypeError(f"secret must be a string, not {type(secret).__name__}")
+    jsonvalues.check_text(secret, "secret")  # a lone surrogate cannot be encoded to a key
     if len(secret.encode()) < 16:
         raise ValueError("secret must be at least 16 bytes long")
     return secret
@@ -219,6 +219,10 @@ class _JobHandle:
         if token is None and lifecycle.is_admin_event(event):
             raise AuthError(f"{event!r} needs an administrative token: pass token=<admin "
                             "token> (`reactor token admin`); the job token cannot authorise it")
+        if token is not None and self.uuid is None:
+            # A wrong token must not create the job on its way to being refused: the job's
+            # uuid is known before it exists, so the token is checked first.
+            self._jobs.authorize(self._stored_uuid(), event, token)
         uid = self._attached_uuid()
         token = self.token if token is None else token
         if token is None:
@@ -241,8 +245,11 @@ class _JobHandle:
             if not path:
                 raise ArchiveError(f"job {uid} has no archive path to clear; pass "
                                    "no_clear_path=True to reset it without clearing")
-            # Refuse before any state change, so a refused reset changes nothing.
-            archive.resolve_under(self._archive_root, path)
+            # Refuse before any state change, so a refused reset changes nothing: a path
+            # outside the root, or a directory that is or holds another job's archive (a
+            # record from before archives had to be their own, or from a race).
+            archive.check_own(self._jobs.store, self._archive_root, path, uid, "clear it",
+                              enclosing=False)
         self._jobs.apply(uid, "reset", data, token, record=record)
         if not no_clear_path:
             # If clearing fails the job stays in RESET; reset is allowed from RESET, so retrying
@@ -366,7 +373,10 @@ class ManagedPipelineJob(_JobHandle):
         return self.uuid or self._identity(self.data)
 
     def setup(self, data: dict | None = None) -> "ManagedPipelineJob":
-        """Create the job in CREATED, or re-attach to the existing one with the same identity."""
+        """Create the job in CREATED, or re-attach to the existing one with the same identity.
+
+        A new job's archive must be its own: ``ArchiveError`` (nothing written) for a path
+        outside the archive root, or that is, contains or lies inside another job's archive."""
         extra = _check_event_data(data)
         merged = {**self.data, **(extra or {})}
         if self.uuid is not None and not self._gone and merged != self.data:
@@ -472,12 +482,11 @@ class ManagedPipelineJobInstance(_JobHandle):
             raise ValueError("event_doc needs a 'name' (one of "
                              + ", ".join(lifecycle.EVENT_NAMES) + ")")
         if event_doc.get("uuid", self.uuid) != self.uuid:
-            raise ValueError(f"event_doc['uuid'] {event_doc.get('uuid')!r} is not this "
+            raise ValueError(f"event_doc['uuid'] {shown(event_doc.get('uuid'))} is not this "
                              f"instance's job {self.uuid}")
+        # "create" here is refused by Jobs.apply as on every path (MachineError: recorded once,
+        # when the job is created), so the library and the reactor give one verdict.
         event = lifecycle.normalize_event(event_doc["name"])
-        if event == "create":
-            raise ValueError("'create' cannot be sent to an existing job; jobs are created by "
-                             "ManagedPipelineJob.setup()")
         chosen = event_doc.get("token") or token
         if chosen is None and lifecycle.is_admin_event(event):
             raise AuthError(f"{event!r} needs an administrative token in event_doc['token'] or "

@@ -10,6 +10,8 @@ from typing import NamedTuple
 
 from transitions.core import MachineError
 
+from .tokens import shown
+
 ANY = "*"
 SAME = "="
 
@@ -64,7 +66,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition("finalize", ("VALIDATED",), "FINALIZED", "Outputs are suitable for general use"),
     Transition("retire", ("FAILED", "FINALIZED", "FINISHED", "REJECTED", "VALIDATING", "VALIDATED"),
                "RETIRED", "The job and its outputs are retired"),
-    Transition("reset", (ANY,), "RESET", "Begin a reset, erasing the archive contents", admin=True),
+    Transition("reset", (ANY,), "RESET", "Begin a reset (the library's reset() also empties the archive)",
+               admin=True),
     Transition("ready", ("RESET",), "CREATED", "Complete the reset, allowing a re-run", admin=True),
 )
 
@@ -85,13 +88,24 @@ TABLE: dict[tuple[str, str], str] = {
 }
 
 
+# Recorded by creating a job (its first history entry), never applied to an existing one: the
+# table's CREATED -> CREATED row is the replaced system's, kept for parity (``applied_state``).
+CREATION_EVENT = "create"
+
+
+def fold_event(name: object) -> object:
+    """``name`` with ASCII upper case folded (names match ignoring ASCII case, nothing else:
+    no stripping, no Unicode folding, so " run" or "run\n" stay unknown); non-strings as given."""
+    return name.lower() if isinstance(name, str) and name.isascii() else name
+
+
 def normalize_event(name: str) -> str:
     """Return the canonical (lower-case) event name, or raise ValueError for an unknown one."""
     if not isinstance(name, str):
         raise ValueError(f"event name must be a string, got {type(name).__name__}")
-    event = name.strip().lower()
+    event = fold_event(name)
     if event not in _BY_EVENT:
-        raise ValueError(f"unknown event {name!r}; known events: {', '.join(EVENT_NAMES)}")
+        raise ValueError(f"unknown event {shown(name)}; known events: {', '.join(EVENT_NAMES)}")
     return event
 
 
@@ -111,6 +125,15 @@ def next_state(state: str, event: str) -> str:
         return TABLE[(state, event)]
     except KeyError:
         raise MachineError(invalid_transition_message(state, event)) from None
+
+
+def applied_state(state: str, event: str) -> str:
+    """Destination of ``event`` applied to an existing job in ``state``: ``next_state``, except
+    that ``create`` never applies (it is recorded once, by creating the job)."""
+    if event == CREATION_EVENT:
+        raise MachineError(f"Can't trigger event {event!r} on an existing job (state {state}): "
+                           "'create' is recorded once, when the job is created")
+    return next_state(state, event)
 
 
 def invalid_transition_message(state: str, event: str) -> str:

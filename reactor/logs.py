@@ -77,6 +77,7 @@ def _timestamp(record: logging.LogRecord) -> str:
     return f"{cached[1]}{int(record.msecs):03d}Z"
 
 
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 # One encoder for every line (json.dumps with options builds one per call); default=str: a
 # field of an unexpected type must not cost the whole line.
 _LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
@@ -96,7 +97,10 @@ class JsonFormatter(logging.Formatter):
             doc["exc"] = mask_text(self.formatException(record.exc_info))
         if record.stack_info:
             doc["stack"] = mask_text(self.formatStack(record.stack_info))
-        return mask_text(_LINE_ENCODER.encode(doc))
+        line = mask_text(_LINE_ENCODER.encode(doc))
+        # Valid JSON, but line breaks to readers that split on Unicode line boundaries (Python's
+        # splitlines, some log shippers): escaped, so one record stays one line.
+        return line if line.isascii() else line.translate(_LINE_BREAKS)
 
 
 class ConsoleFormatter(logging.Formatter):

@@ -30,9 +30,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from . import schemas
+from . import lifecycle, schemas
 from .identifiers import check_typed
 from .outcomes import Reject
+from .tokens import shown
 
 PARAM_NAMES = ("uuid", "token", "event", "status", "note")
 MAX_DEPTH = 64  # MongoDB refuses documents nested deeper than 100; the record adds 3 levels
@@ -100,26 +101,53 @@ NO_BODY: Any = _NoBody()
 
 
 def clean_params(params: Mapping[str, Any] | None) -> dict[str, str]:
-    """The recognised, non-empty parameters as strings (others are ignored)."""
+    """The recognised, non-empty parameters as strings (others are ignored); a parameter that
+    is not valid UTF-8 text is the sender's error (``decode_error``), like such a body."""
     out = {}
-    for name in PARAM_NAMES:
-        value = (params or {}).get(name)
+    for name, value in _param_items(params):
         if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        if value is None or value == "":
-            continue
-        out[name] = value if isinstance(value, str) else str(value)
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise MessageRejected("decode_error", f"parameter {name!r} is not valid "
+                                      "UTF-8") from None
+        elif not isinstance(value, str):
+            value = str(value)
+        # An environment variable with bytes that are not UTF-8 arrives as text with lone
+        # surrogates (Python's surrogateescape); no store can keep such text.
+        _check_param_text(name, value)
+        out[name] = value
     return out
+
+
+def _param_items(params: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    return [(name, value) for name in PARAM_NAMES
+            if (value := (params or {}).get(name)) is not None and value not in ("", b"")]
+
+
+def _check_param_text(name: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MessageRejected("decode_error", f"parameter {name!r} is not valid UTF-8 text "
+                              "(it holds bytes that are not UTF-8, or an unpaired "
+                              "surrogate)") from None
 
 
 def duplicate_key(body: bytes, message_id: str | None = None,
                   params: Mapping[str, Any] | None = None) -> str:
     """The message's duplicate key: its transport id, else a digest of body and parameters."""
     if message_id:
-        return "id:" + str(message_id)
+        # An id that is not valid text (bytes from an environment) still names the message.
+        return "id:" + str(message_id).encode("utf-8", "surrogateescape").decode("utf-8",
+                                                                                 "replace")
     digest = hashlib.sha256(bytes(body))
     digest.update(b"\x00")
-    digest.update(json.dumps(sorted(clean_params(params).items())).encode())
+    # The parameters as given (not checked: a rejected message has a key too), bytes as bytes.
+    items = sorted((name, value if isinstance(value, str) else
+                    bytes(value).decode("utf-8", "surrogateescape") if isinstance(value, bytes)
+                    else str(value)) for name, value in _param_items(params))
+    digest.update(json.dumps(items).encode())
     return "sha256:" + digest.hexdigest()
 
 
@@ -176,7 +204,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
         seen: set = set()
         for k, _ in pairs:
             if k in seen:
-                raise ValueError(f"duplicate key {schemas.clip(repr(k), 60)} in an object")
+                raise ValueError(f"duplicate key {shown(k)} in an object")
             seen.add(k)
     return out
 
@@ -202,14 +230,14 @@ class _Unstorable(Exception):
         self.parts: list[str | int] = []
 
 
-def _check_tree(doc: Any, texts: bool = True) -> None:
+def _check_tree(doc: Any, texts: bool = True, depth: int = 1) -> None:
     """Refuse what no store can keep identically: deep nesting, NUL in keys, bad unicode
     (looked at only when ``texts``), integers beyond 64 bits.
 
     The recursion is bounded by ``MAX_DEPTH``, so hostile input cannot exhaust the stack; the
     path of a problem is built only when there is one."""
     try:
-        _walk(doc, 1, texts)
+        _walk(doc, depth, texts)
     except _Unstorable as bad:
         path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{_path_part(p)}"
                              for p in reversed(bad.parts))
@@ -295,7 +323,7 @@ def _validate(kind: str, instance: Any, uuid: Any, event: Any) -> None:
     if all(e.validator == "enum" and tuple(e.absolute_path) in _EVENT_PATHS for e in errs):
         name = errs[0].instance
         raise MessageRejected("unknown_event", schemas.clip(
-            f"{errs[0].json_path}: unknown event {schemas.short(name)}; known events: "
+            f"{errs[0].json_path}: unknown event {shown(name)}; known events: "
             + ", ".join(schemas.generated_enums()["event_name"])), hint)
     known = event if event in schemas.generated_enums()["event_name"] or event == "delete" \
         else None
@@ -310,14 +338,10 @@ def _uuid_hint(value: Any) -> str | None:
         return None
 
 
-def _fold(name: Any) -> Any:
-    return name.strip().lower() if isinstance(name, str) else name
-
-
 def _event(doc: dict, params: Mapping[str, str]) -> EventMessage:
     instance = dict(doc)
     if "name" in instance:
-        instance["name"] = _fold(instance["name"])
+        instance["name"] = lifecycle.fold_event(instance["name"])
     _validate("event", instance, instance.get("uuid"), instance.get("name"))
     token = instance.get("token", params.get("token"))
     return EventMessage("event", instance["uuid"], instance["name"], instance.get("data"), token)
@@ -325,7 +349,7 @@ def _event(doc: dict, params: Mapping[str, str]) -> EventMessage:
 
 def _parameters(params: Mapping[str, str]) -> EventMessage:
     instance = dict(params)
-    instance["event"] = _fold(instance["event"])
+    instance["event"] = lifecycle.fold_event(instance["event"])
     _validate("parameters", instance, instance.get("uuid"), instance.get("event"))
     data = {"note": instance["note"]} if "note" in instance else None
     return EventMessage("parameters", instance["uuid"], instance["event"], data,
@@ -335,10 +359,20 @@ def _parameters(params: Mapping[str, str]) -> EventMessage:
 def _callback(body: dict, params: Mapping[str, str]) -> EventMessage:
     parameters = dict(params)
     if "event" in parameters:
-        parameters["event"] = _fold(parameters["event"])
+        parameters["event"] = lifecycle.fold_event(parameters["event"])
     instance = {"parameters": parameters, "body": body}
     _validate("callback", instance, parameters.get("uuid"), parameters.get("event"))
     status = (parameters.get("status") or body["status"]).upper()
+    if status == "RUNNING":
+        # The body becomes the event's data, one level deeper than it arrived: it must fit
+        # there too, or the event it becomes (queued by ``reactor serve``) could not be read.
+        try:
+            _check_tree(body, texts=False, depth=2)
+        except MessageRejected:
+            raise MessageRejected("decode_error", f"$: a RUNNING callback's body becomes the "
+                                  f"event's data, one level deeper, so it may be nested at "
+                                  f"most {MAX_DEPTH - 1} levels deep", _uuid_hint(
+                                      parameters.get("uuid"))) from None
     event = parameters.get("event") or STATUS_EVENTS.get(status, UNKNOWN_STATUS_EVENT)
     return EventMessage("callback", parameters["uuid"], event,
                         callback_data(body, status, parameters.get("note")),

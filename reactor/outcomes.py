@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from .tokens import mask_text
+
 APPLIED = "applied"
 DUPLICATE = "duplicate"
 REJECTED = "rejected"
@@ -26,6 +28,9 @@ class OutcomeSignal(Exception):
     kind = ""
 
     def __init__(self, reason: str, detail: str):
+        # Masked here, where every rejection and retry is made: the detail reaches outcome
+        # lines, logs, HTTP answers and dead-letter headers, and may quote the sender.
+        detail = mask_text(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -74,6 +79,8 @@ class Outcome:
         """The outcome as a JSON-ready dict (with ``outcome`` = label)."""
         d = asdict(self)
         d["outcome"] = self.label
+        if self.key:
+            d["key"] = mask_text(self.key)  # "id:<message id>" quotes the sender
         return d
 
     def to_json(self) -> str:

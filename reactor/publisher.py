@@ -57,7 +57,7 @@ class PublishReport:
 def routing_key(doc: object) -> str:
     """The job uuid of a message (its routing key), or "" when it names none."""
     value = doc.get("uuid") if isinstance(doc, dict) else None
-    return value if isinstance(value, str) and _JOB_UUID.match(value) else ""
+    return value if isinstance(value, str) and _JOB_UUID.fullmatch(value) else ""
 
 
 def message_id(body: bytes, unique: bool = False) -> str:

@@ -10,6 +10,7 @@ source): ``python -m reactor.schemas --write`` refreshes them, and loading refus
 from __future__ import annotations
 
 import json
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +20,7 @@ import jsonschema_rs
 
 from . import lifecycle
 from .errors import ConfigError
-from .tokens import mask_text
+from .tokens import mask_text, shown
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -115,13 +116,34 @@ def validators(directory: str | None = None) -> dict[str, Draft202012Validator]:
     """One compiled validator per schema (by message type), built once and reused."""
     from jsonschema import Draft202012Validator
 
+    from jsonschema.validators import extend
+
     docs = load_documents(directory)
     reg = registry(directory)
+    # JSON Schema patterns are ECMA-262, where "$" is the end of the text; in Python's ``re``
+    # it also matches before a final newline, which would let "FINISHED\n" pass as a status.
+    strict = extend(Draft202012Validator, {"pattern": _ecma_pattern})
     out = {}
     for kind, name in SCHEMA_FILES.items():
         Draft202012Validator.check_schema(docs[name])
-        out[kind] = Draft202012Validator(docs[name], registry=reg)
+        out[kind] = strict(docs[name], registry=reg)
     return out
+
+
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: dict) -> Iterable:
+    """The ``pattern`` keyword with ECMA-262's "$" (the end of the text, never before a "\n")."""
+    from jsonschema.exceptions import ValidationError
+
+    if isinstance(instance, str) and not _compiled(pattern).search(instance):
+        yield ValidationError(f"{shown(instance)} does not match {pattern!r}")
+
+
+@lru_cache(maxsize=None)
+def _compiled(pattern: str) -> re.Pattern:
+    # Our patterns end in an unescaped "$" only; "\Z" is Python's end of text.
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
 
 
 MAX_REF_CHAIN = 32  # a ``$ref`` chain this long can only be a cycle
@@ -192,8 +214,8 @@ def errors(kind: str, instance: Any) -> list[SchemaError]:
     """Every schema error of ``instance``, first problem first (document order of paths)."""
     if fast_validators()[kind].is_valid(instance):
         return []
-    # ``jsonschema`` decides: where the engines differ (say, a pattern's ``$`` before a final
-    # newline), the message is judged exactly as it was before the fast check existed.
+    # ``jsonschema`` describes (with the schema locations); its pattern keyword is made
+    # ECMA-262 like the fast one, so both engines give one verdict.
     return sorted(validator(kind).iter_errors(instance), key=_order)
 
 
@@ -220,7 +242,8 @@ def json_type(value: Any) -> str:
 
 
 def describe(error: SchemaError) -> str:
-    """``<JSON path>: <what is wrong> (rule: <keyword>)``, with no token value in it."""
+    """``<JSON path>: <what is wrong> (rule: <keyword>)``: the offending value is echoed only
+    when harmless (``tokens.shown``), so a token sent in the wrong field never is."""
     path = error.json_path
     rule = error.validator
     value = error.instance
@@ -234,15 +257,22 @@ def describe(error: SchemaError) -> str:
         expected = " or ".join(expected) if isinstance(expected, list) else expected
         what = f"expected {expected}, got {json_type(value)}"
     elif rule == "pattern":
-        what = f"{short(value)} does not match {error.validator_value}"
+        what = f"{shown(value)} does not match {error.validator_value}"
     elif rule == "enum":
-        what = f"{short(value)} is not one of: {', '.join(map(str, error.validator_value))}"
+        what = f"{shown(value)} is not one of: {', '.join(map(str, error.validator_value))}"
     elif rule == "const":
-        what = f"{short(value)} must be {short(error.validator_value)}"
+        what = f"{shown(value)} must be {short(error.validator_value)}"
     elif rule in ("maxLength", "minLength"):
         what = f"string of length {len(value)} breaks {rule} {error.validator_value}"
+    elif rule == "required":
+        what = error.message  # names a property of the schema, never caller text
+    elif rule == "additionalProperties" and isinstance(value, dict):
+        allowed = error.schema.get("properties", {})
+        extra = [shown(k) for k in value if k not in allowed]
+        what = f"unexpected field(s) {', '.join(extra)}; allowed: {', '.join(allowed)}"
     else:
-        what = error.message
+        # jsonschema's own text quotes the instance, which may be anything the caller sent.
+        what = f"{shown(value)} breaks {rule} {short(error.validator_value)}"
     return clip(f"{path}: {what} (rule: {rule})")
 
 

@@ -19,9 +19,11 @@ again; a retried request gets the same message id (a digest of body and paramete
 copy that did reach the queue is a ``duplicate`` for the consumer, never a second event.
 
 Errors are JSON ``{"error": <reason>, "detail": <what was wrong>}``: 400 (decode, schema,
-bad parameter), 401 (no token), 403 (token does not authorise), 404 (no such job), 413 (too
+bad parameter; ``client_disconnected`` for a body cut short, counted but answered to nobody),
+401 (no token), 403 (token does not authorise), 404 (no such job), 413 (too
 large), 422 (unknown event), 503 (broker or store unavailable). Tokens are never echoed: the
-request's tokens are masked in every detail and log line.
+request's tokens are masked in every detail and log line, a caller's value is echoed only as
+``reactor.tokens.shown`` allows, and the access log names the route, not the raw path.
 """
 from __future__ import annotations
 
@@ -32,11 +34,12 @@ import signal
 import threading
 import time
 from typing import Any, Awaitable, Callable, Mapping
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -47,7 +50,7 @@ from .jobs import authorize, authorize_delete
 from .logs import FIELDS_ATTR
 from .messages import DeleteMessage, EventMessage, MessageRejected
 from .metrics import Metrics
-from .tokens import body_token, mask, mask_text, scrub
+from .tokens import body_token, mask, mask_text, scrub, shown
 from .transport import Topology, redact_url
 
 log = logging.getLogger(__name__)
@@ -165,25 +168,49 @@ class BrokerLink:
 def _request_tokens(request: Request, body: bytes = b"") -> list[str | None]:
     """Every token the request carries, so none of them is ever echoed."""
     found = list(request.query_params.getlist("token"))
-    auth = request.headers.get("authorization", "")
-    if auth:
-        found.append(auth.split(None, 1)[-1])
+    # A token sent in another parameter or in the path (say in the uuid's place) is masked
+    # as well, whatever the texts that might echo it do.
+    found += [v for v in request.query_params.values() if _unshowable(v)]
+    found += [v for v in request.path_params.values() if _unshowable(v)]
+    credentials = request.headers.get("authorization", "").split(None, 1)
+    # The value after the scheme; a lone word may be a bare token, unless it is the scheme
+    # (masking "Bearer" would garble the answer that says how to send one).
+    if credentials and (len(credentials) == 2 or credentials[0].lower() != "bearer"):
+        found.append(credentials[-1])
     if body:
         found.append(body_token(body))
     return found
 
 
+def _unshowable(value: object) -> bool:
+    """True for a caller's string that ``shown`` would not echo: it may be a token."""
+    return isinstance(value, str) and shown(value) != json.dumps(value, ensure_ascii=False)
+
+
 def _params(request: Request) -> dict[str, str]:
     """The recognised query parameters; a parameter given twice is ambiguous (400)."""
+    # Parsed from the raw query string, not ``request.query_params``, which turns bytes that
+    # are not UTF-8 into U+FFFD: kept as lone surrogates, the message contract refuses them
+    # (decode_error), as it does for ``reactor invoke``, instead of storing altered text.
+    # Latin-1 maps bytes to characters one to one, so the unquoted bytes come back exactly.
+    raw = [(_utf8(key), _utf8(value)) for key, value in parse_qsl(
+        request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True,
+        encoding="latin-1")]
     out = {}
     for name in messages.PARAM_NAMES:
-        values = request.query_params.getlist(name)
+        values = [value for key, value in raw if key == name]
         if len(values) > 1:
             raise HttpError(400, "bad_request", f"query parameter {name!r} is given "
                             f"{len(values)} times; give it once")
         if values:
             out[name] = values[0]
     return out
+
+
+def _utf8(latin1: str) -> str:
+    """The UTF-8 text of bytes held as Latin-1 characters; bytes that are not UTF-8 stay as
+    lone surrogates (surrogateescape), for the message contract to refuse."""
+    return latin1.encode("latin-1").decode("utf-8", "surrogateescape")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -199,12 +226,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise HttpError(413, "too_large", f"request body is {size} bytes; the limit is "
                             f"{limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, "too_large", f"request body is more than {limit} bytes; the "
-                            f"limit is {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, "too_large", f"request body is more than {limit} bytes; "
+                                f"the limit is {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client's doing, not ours: a 4xx nobody reads, counted and logged as such.
+        expected = f"of {declared} " if declared is not None else ""
+        raise HttpError(400, "client_disconnected", f"the client disconnected before sending "
+                        f"the whole body ({size} {expected}bytes received); nothing was "
+                        "queued") from None
     return b"".join(chunks)
 
 
@@ -225,6 +259,14 @@ def public_job(record: Mapping[str, Any]) -> dict:
     out = {k: record.get(k) for k in _JOB_FIELDS if k in record}
     out["history"] = [{k: h.get(k) for k in _HISTORY_FIELDS} for h in record.get("history", ())]
     return out
+
+
+def read_token_hint(uuid: str) -> str:
+    """The 401 detail of ``GET /jobs/{uuid}`` without a token."""
+    # Worded so token masking leaves it intact: no "token" right before a ":" or "=", which
+    # would read as a token value and be cut (once "'Aut…" of "its token: 'Authorization…").
+    return (f"reading job {uuid} needs the job's token; send it as 'Authorization: Bearer …' "
+            "or as the query parameter 'token'")
 
 
 def _bearer(request: Request) -> str | None:
@@ -291,11 +333,12 @@ class Ingress:
 
     def _authorise(self, message: EventMessage | DeleteMessage, event: str) -> None:
         # Before the store lookup, so a caller without a valid token learns nothing about
-        # which jobs exist.
+        # which jobs exist. The 401 is worded so token masking leaves it intact: no "token"
+        # right before a ":" or "=".
         if not message.token:
-            raise HttpError(401, "token_required", f"{event!r} on job {message.uuid} needs a "
-                            "token: the 'token' query parameter, or 'token' in an event body",
-                            {"WWW-Authenticate": "Bearer"})
+            raise HttpError(401, "token_required", f"{event!r} on job {message.uuid} needs the "
+                            "job's token; send it as the query parameter 'token', or as "
+                            "'token' in an event body", {"WWW-Authenticate": "Bearer"})
         try:
             # The job operations' own checks, which need no store.
             if isinstance(message, DeleteMessage):
@@ -312,14 +355,29 @@ class Ingress:
             raise HttpError(404, "unknown_job", f"no job with uuid {message.uuid}")
 
     def _check_outgoing(self, out: bytes, message: EventMessage | DeleteMessage) -> None:
-        # The queue message must pass the consumer's own checks, or 202 would be a lie.
+        """Refuse (4xx, never 5xx) a request whose queue message the consumer would refuse."""
+        # The queue message must pass the consumer's own checks, or 202 would be a lie. What
+        # fails here came from the request (say a callback whose job JSON, put under "data",
+        # is one level too deep), so it is answered like the same rejection of the request.
         if len(out) > self.max_bytes:
             raise HttpError(413, "too_large", f"the event built from this request is "
                             f"{len(out)} bytes; the limit is {self.max_bytes} bytes")
-        again = messages.parse(out, None, self.max_bytes)
+        try:
+            again = messages.parse(out, None, self.max_bytes)
+        except MessageRejected as exc:
+            raise HttpError(STATUS_BY_REASON.get(exc.reason, 400), exc.reason,
+                            "the event built from this request (a callback's job JSON goes "
+                            f"under 'data') is refused by the message contract: {exc.detail}; "
+                            "nothing was queued") from None
         if (again.uuid, getattr(again, "event", None), getattr(again, "data", None)) != \
                 (message.uuid, getattr(message, "event", None), getattr(message, "data", None)):
-            raise RuntimeError("the queue message does not round-trip through the contract")
+            # A gap in the contract, not a broken server: refuse rather than queue an event
+            # that says something else, and say so once for whoever maintains the contract.
+            log.warning("the event built for job %s does not read back unchanged through the "
+                        "message contract; refused", message.uuid)
+            raise HttpError(400, "schema_invalid", "the event built from this request does "
+                            "not read back unchanged through the message contract; nothing "
+                            "was queued")
 
     async def _call_store(self, method: str, *args, **kwargs) -> Any:
         """Call a store method in a worker thread, keeping the store gauge current."""
@@ -363,8 +421,7 @@ class Ingress:
                             "Authorization header); give one")
         token = header if header is not None else (query[0] if query else None)
         if not token:
-            raise HttpError(401, "token_required", f"reading job {uuid} needs its token: "
-                            "'Authorization: Bearer <token>' or ?token=",
+            raise HttpError(401, "token_required", read_token_hint(uuid),
                             {"WWW-Authenticate": "Bearer"})
         if not self.authority.allows(uuid, token):
             raise HttpError(403, "auth_failed", f"token {mask(token)} does not authorise "
@@ -404,7 +461,7 @@ class Ingress:
 Handler = Callable[[Request, dict], Awaitable[Response]]
 
 
-def _instrument(name: str, handler: Handler, metrics: Metrics) -> Callable:
+def _instrument(name: str, handler: Handler, metrics: Metrics, path: str) -> Callable:
     """Wrap ``handler``: errors become JSON bodies; every request is counted and logged once."""
 
     async def endpoint(request: Request) -> Response:
@@ -414,18 +471,20 @@ def _instrument(name: str, handler: Handler, metrics: Metrics) -> Callable:
             response = await handler(request, info)
         except HttpError as exc:
             info["error"] = exc.error
-            response = JSONResponse({"error": exc.error,
-                                     "detail": scrub(exc.detail, info["secrets"])},
+            info["detail"] = scrub(exc.detail, info["secrets"])
+            response = JSONResponse({"error": exc.error, "detail": info["detail"]},
                                     status_code=exc.status, headers=exc.headers)
         except Exception as exc:  # noqa: BLE001 - a bug must not leak details or a token
             info["error"] = "internal_error"
-            log.error("internal error answering %s %s: %s", request.method, request.url.path,
+            info["detail"] = "an internal error occurred (logged above); nothing was queued"
+            log.error("internal error answering %s %s: %s", request.method,
+                      _logged_path(path, info),
                       scrub(f"{type(exc).__name__}: {exc}", info["secrets"]), exc_info=True)
             response = JSONResponse({"error": "internal_error", "detail": "an internal error "
                                      "occurred; nothing was queued"}, status_code=500)
         metrics.http_request(name, response.status_code)
         if name not in ("healthz", "metrics"):  # probes and scrapes would drown the log
-            _log_request(request, name, response.status_code, info,
+            _log_request(request, name, _logged_path(path, info), response.status_code, info,
                          time.perf_counter() - start)
         return response
 
@@ -433,14 +492,25 @@ def _instrument(name: str, handler: Handler, metrics: Metrics) -> Callable:
     return endpoint
 
 
-def _log_request(request: Request, name: str, status: int, info: dict, seconds: float) -> None:
+def _logged_path(template: str, info: dict) -> str:
+    """The request's path for the log: the route, with the job uuid only once it is valid."""
+    # Not the raw path: "/jobs/<anything>" may hold a token sent in the uuid's place.
+    return template.replace("{uuid}", info.get("job_uuid") or "{uuid}")
+
+
+def _log_request(request: Request, name: str, path: str, status: int, info: dict,
+                 seconds: float) -> None:
+    """The one access log line of a request: route, status and, for an error, its detail."""
     # The path only: the query string carries tokens.
     fields = {"endpoint": name, "method": request.method, "status": status,
               "job_uuid": info.get("job_uuid"), "event": info.get("event"),
               "error": info.get("error"), "message_id": info.get("message_id"),
               "latency_ms": round(seconds * 1000, 3)}
     level = logging.WARNING if status >= 500 else logging.INFO
-    text = scrub(f"{request.method} {request.url.path} {status}", info.get("secrets", []))
+    text = f"{request.method} {path} {status}"
+    if info.get("error"):
+        text += f" {info['error']}: {info.get('detail') or ''}"  # the detail was scrubbed
+    text = scrub(text, info.get("secrets", []))
     log.log(level, "%s", text, extra={FIELDS_ATTR: fields})
 
 
@@ -448,8 +518,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Unknown paths and wrong methods get JSON errors too."""
     status = getattr(exc, "status_code", 500)
     names = {404: "not_found", 405: "method_not_allowed"}
+    # The path is the caller's text (it may hold a token): echoed only as ``shown`` allows.
     return JSONResponse({"error": names.get(status, "http_error"),
-                         "detail": f"{request.method} {request.url.path}: "
+                         "detail": f"{request.method} {shown(request.url.path)}: "
                                    f"{getattr(exc, 'detail', '')}"},
                         status_code=status, headers=getattr(exc, "headers", None))
 
@@ -487,7 +558,8 @@ def create_app(app: Any, link: BrokerLink | None = None, metrics: Metrics | None
             link.close()
 
     def route(path: str, name: str, handler: Handler, method: str) -> Route:
-        return Route(path, _instrument(name, handler, metrics), methods=[method], name=name)
+        return Route(path, _instrument(name, handler, metrics, path), methods=[method],
+                     name=name)
 
     routes = [
         route("/callbacks", "callbacks", ingress.accept, "POST"),

@@ -21,7 +21,11 @@ _ADMIN_DOMAIN = b"reactor/admin-token/v1\x00"
 
 
 def _key(secret: str | bytes) -> bytes:
-    key = secret.encode() if isinstance(secret, str) else bytes(secret)
+    try:
+        key = secret.encode() if isinstance(secret, str) else bytes(secret)
+    except UnicodeEncodeError:
+        raise ValueError("the token secret must be valid Unicode text (it holds an unpaired "
+                         "surrogate)") from None
     if len(key) < MIN_SECRET_BYTES:
         raise ValueError(f"the token secret must be at least {MIN_SECRET_BYTES} bytes long")
     return key
@@ -46,7 +50,11 @@ def admin_token(secret: str | bytes, now: float | None = None, window: int = DEF
 def _equal(given: object, expected: str) -> bool:
     if not isinstance(given, str) or not given:
         return False
-    return hmac.compare_digest(given.encode(), expected.encode())
+    try:
+        given_bytes = given.encode()
+    except UnicodeEncodeError:  # not text at all (say bytes from an environment): wrong
+        return False
+    return hmac.compare_digest(given_bytes, expected.encode())
 
 
 def is_admin_token(secret: str | bytes, token: object, now: float | None = None,
@@ -67,7 +75,21 @@ def is_job_token(secret: str | bytes, job_uuid: str, token: object,
 # Names (of headers, log fields) whose values are secrets, whatever they hold.
 SECRET_NAMES = ("token", "authorization", "password", "secret")
 
-_TOKENISH = re.compile(r"(?i)(\"?token\"?\s*[=:]\s*\"?)([^\"&\s,}]+)")
+# What text may leave the process (log lines, errors, outcomes, HTTP answers, dead letters):
+# a value after ``token=`` / ``"token":`` whatever it looks like, and anything token-shaped
+# wherever it stands. Tokens are 16-64 hex characters (``token_length``), so every run of 16 or
+# more hex digits is masked: a token sent in the wrong field, a secret in an exception text, a
+# token glued to other text. Uuids (hex groups of at most 12) and dates never match.
+# One exception: ``sha256:`` and exactly 64 hex digits is a SHA-256 digest of a message, the
+# duplicate key and the publisher's message id, which operators quote to pick a dead letter.
+_SECRETISH = re.compile(r"(?i)(\"?token\"?\s*[=:]\s*\"?)([^\"&\s,}]+)"
+                        r"|(?<![0-9a-z])(sha256:[0-9a-f]{64})(?![0-9a-z])|[0-9a-f]{16,}")
+# The cheap question first (most text holds neither): the full pattern costs ~5x as much.
+_HEX_RUN = re.compile(r"[0-9a-fA-F]{16}")
+# A run of 16 letters or digits: no value holding one is ever echoed (see ``shown``).
+_LONG_RUN = re.compile(r"[A-Za-z0-9]{16}")
+_QUOTED = re.compile(r"""(['"])(.*?)\1""", re.S)
+MAX_SHOWN = 40
 
 
 def mask(token: object) -> str:
@@ -77,11 +99,52 @@ def mask(token: object) -> str:
     return token[:4] + "…" if len(token) > 4 else "…"
 
 
+def _masked(match: re.Match) -> str:
+    if match.group(1) is not None:
+        return match.group(1) + mask(match.group(2))
+    if match.group(3) is not None:
+        return match.group(3)  # a digest, kept whole
+    return mask(match.group(0))
+
+
 def mask_text(text: str) -> str:
-    """Mask every ``token=…`` / ``"token": "…"`` value inside free text."""
-    if "token" not in text.lower():  # most text has none: skip the (much dearer) substitution
+    """``text`` with every ``token=…`` / ``"token": "…"`` value and every token-shaped run
+    (16 or more hex digits) masked."""
+    if "token" not in text.lower() and _HEX_RUN.search(text) is None:
         return text
-    return _TOKENISH.sub(lambda m: m.group(1) + mask(m.group(2)), text)
+    return _SECRETISH.sub(_masked, text)
+
+
+def mask_quoted(text: str) -> str:
+    """``mask_text``, and each quoted value ('…' or "…") that ``shown`` would not echo replaced
+    by its length: for texts written by others (click's usage errors) that quote a caller's
+    argument whole, since a secret need not look like a token."""
+    def quoted(match: re.Match) -> str:
+        inner = match.group(2)
+        if shown(inner) == json.dumps(inner, ensure_ascii=False):
+            return match.group(0)
+        return f"<a value of {len(inner)} characters>"
+
+    return mask_text(_QUOTED.sub(quoted, text))
+
+
+def shown(value: object) -> str:
+    """``value`` as an error message may echo it: only when it is known to be harmless.
+
+    Numbers, booleans and null are shown; a string only when it is at most ``MAX_SHOWN``
+    characters long and holds no run of 16 letters or digits (a token, a secret, a key); else
+    only its length. Objects and arrays are described by their size, never shown."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    if isinstance(value, str):
+        if len(value) <= MAX_SHOWN and not _LONG_RUN.search(value):
+            return json.dumps(value, ensure_ascii=False)
+        return f"a string of {len(value)} characters"
+    if isinstance(value, dict):
+        return f"an object with {len(value)} keys"
+    if isinstance(value, (list, tuple)):
+        return f"an array of {len(value)} items"
+    return f"a {type(value).__name__}"
 
 
 def body_token(body: bytes | str) -> str | None:

@@ -93,7 +93,7 @@ class Topology:
     def __post_init__(self) -> None:
         for key in ("exchange", "queue", "dead_letter_queue", "retry_queue"):
             value = getattr(self, key)
-            if not isinstance(value, str) or not _NAME.match(value) or value.startswith("amq."):
+            if not isinstance(value, str) or not _NAME.fullmatch(value) or value.startswith("amq."):
                 raise ConfigError(f"bad value for {key!r}: {value!r} (1-200 letters, digits, "
                                   "'.', '_', ':', '-'; not starting with 'amq.')")
         names = [self.queue, self.dead_letter_queue, self.retry_queue]

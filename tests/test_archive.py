@@ -157,3 +157,101 @@ def test_bad_paths_are_clear_errors(root, bad):
     with pytest.raises(ArchiveError):
         archive.ensure_archive(bad if bad is not None else "", "x")
 
+
+
+# --- a job's archive must be its own ---------------------------------------------------------
+
+def test_check_path_is_the_real_normalised_location(root, tmp_path):
+    assert archive.check_path(root, root / "a" / "." / "b" / ".." / "c") == str(root / "a" / "c")
+    assert archive.check_path(root, "rel//x/") == str(root / "rel" / "x")
+    alias = tmp_path / "alias"
+    alias.symlink_to(root, target_is_directory=True)
+    assert archive.check_path(alias, alias / "job") == str(root / "job")
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("a\x00b", "NUL"),
+    ("a\udcffb", "UTF-8"),
+    (5, "got 5"),
+    (b"/bytes", "bytes"),
+    ("", "non-empty"),
+])
+def test_check_path_refuses_unusable_text(root, bad, words):
+    with pytest.raises(ArchiveError) as info:
+        archive.check_path(root, bad)
+    assert words in str(info.value)
+
+
+def test_a_non_string_value_is_never_echoed(root):
+    secret = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(ArchiveError) as info:
+        archive.check_path(root, [secret])
+    assert secret not in str(info.value) and "an array of 1 items" in str(info.value)
+
+
+def test_spellings_cover_the_forms_records_may_hold(root, tmp_path):
+    alias = tmp_path / "alias"
+    alias.symlink_to(root, target_is_directory=True)
+    forms = archive.spellings(alias, str(alias) + "/p//j/")
+    assert forms[0] == str(root / "p" / "j")
+    assert set(forms) >= {str(root / "p" / "j"), str(alias / "p" / "j"), "p/j"}
+    assert len(forms) == len(set(forms))
+
+
+def _record(n, path):
+    from reactor import records
+    from reactor.identifiers import pipeline_uuid, typed_uuid
+
+    return records.new_job_record(uuid=typed_uuid("pipelinejob", f"archive test {n}"),
+                                  pipeline_uuid=pipeline_uuid("archive-tests"), data={"n": n},
+                                  date=records.now_iso(), archive_path=str(path))
+
+
+def test_check_own_and_claim_on_the_store(store, root, outside):
+    job = _record(1, root / "products" / "v2" / "p" / "j")
+    store.create_job(job)
+    parent = root / "products" / "v2"
+    for path, relation in ((parent, "contains"), (root / "products" / "v2" / "p" / "j", "is"),
+                           (root / "products" / "v2" / "p" / "j" / "in", "lies inside")):
+        with pytest.raises(ArchiveError) as info:
+            archive.check_own(store, root, path, "107-someone-else", "use it")
+        assert f"{relation} the archive of job {job['uuid']}" in str(info.value)
+        with pytest.raises(ArchiveError):
+            archive.claim(store, root, str(path), _record(2, path)["uuid"])
+    # The job's own path is its own; a sibling is nobody's.
+    assert archive.check_own(store, root, job["archive_path"], job["uuid"], "x") == \
+        root / "products" / "v2" / "p" / "j"
+    assert archive.claim(store, root, str(root / "products" / "v2" / "p" / "k"), "107-k") == \
+        str(root / "products" / "v2" / "p" / "k")
+    # Reset's question: only what the directory holds counts.
+    assert archive.check_own(store, root, job["archive_path"] + "/in", "107-x", "clear it",
+                             enclosing=False) == root / "products" / "v2" / "p" / "j" / "in"
+    with pytest.raises(ArchiveError):
+        archive.check_own(store, root, parent, "107-x", "clear it", enclosing=False)
+    # "" is no archive; no root known refuses any other path.
+    assert archive.claim(store, root, "", "107-e") == ""
+    assert archive.claim(store, None, "", "107-e") == ""
+    with pytest.raises(ArchiveError, match="archive root"):
+        archive.claim(store, None, str(root / "x"), "107-e")
+    with pytest.raises(ArchiveError, match="outside the archive root"):
+        archive.claim(store, root, str(outside), "107-e")
+
+
+def test_other_jobs_paths_outside_the_root_are_not_owners(store, root, outside):
+    # A record claiming the root itself, or somewhere outside it, can never be cleared by a
+    # reset: it must not block every job below the root.
+    store.create_job(_record(3, root))
+    store.create_job(_record(4, "/"))
+    store.create_job(_record(5, outside))
+    assert archive.claim(store, root, "products/v2/p/j", "107-new") == \
+        str(root / "products" / "v2" / "p" / "j")
+
+
+def test_an_existing_job_keeps_its_record_on_claim(store, root):
+    mine = _record(6, root / "mine")
+    other = _record(7, root / "mine-other")
+    store.create_job(mine)
+    store.create_job(other)
+    # The job exists, so create writes nothing: asking for an overlapping path is not refused.
+    assert archive.claim(store, root, str(root / "mine-other" / "x"), mine["uuid"]) == \
+        str(root / "mine-other" / "x")

@@ -59,6 +59,9 @@ def test_pipelines_add_with_an_explicit_uuid(env, store):
     (["--name", "x", "--uuid", typed_uuid("pipelinejob", "j")], "106"),
     (["--name", "  "], "--name"),
     (["--name", " padded"], "--name"),
+    (["--name", "x", "--uuid", typed_uuid("pipeline", "p") + "\n"], "lower-case UUID"),
+    (["--name", "bad\udcff"], "--name must be valid Unicode"),
+    (["--name", "nul\x00"], "--name must be valid Unicode"),
 ])
 def test_pipelines_add_bad_input_is_one_line_and_writes_nothing(env, store, args, words):
     code, out, err = run(["pipelines", "add", *args], env)

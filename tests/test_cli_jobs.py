@@ -75,6 +75,18 @@ def test_jobs_create_with_json_output(cli):
     (["--pipeline", "106" + "0" * 5 + "-0000-5000-8000-000000000009"], ["not registered"]),
     (["--pipeline", "nonsense"], ["pipeline uuid"]),
     (["--uuid", "108" + "0" * 5 + "-0000-5000-8000-000000000000"], ["must start with 107"]),
+    # No looser than a message: the same decoder and the same identifier rules.
+    (["--uuid", "107" + "0" * 5 + "-0000-5000-8000-000000000000\n"], ["lower-case UUID"]),
+    (["--child-of", '{"$ne": null}'], ["child_of must be a typed uuid"]),
+    (["--child-of", PIPELINE + "\n"], ["child_of"]),
+    (["--data", '{"a": 1, "a": 2}'], ["--data", "duplicate key"]),
+    (["--data", '{"a": NaN}'], ["--data", "NaN"]),
+    (["--data", '{"a": "\\ud800"}'], ["--data", "surrogate"]),
+    (["--data", '{"a\\u0000": 1}'], ["--data", "NUL"]),
+    (["--data", "[" * 10_000 + "]" * 10_000], ["--data", "nested too deeply"]),
+    (["--data", '{"a":' * 70 + "1" + "}" * 70], ["--data", "nested deeper than 64"]),
+    (["--data", '{"a": "\udcff"}'], ["--data", "UTF-8"]),  # a non-UTF-8 byte of argv
+    (["--archive-path", "x\x00y"], ["NUL"]),
 ])
 def test_jobs_create_refuses_bad_input_in_one_line(cli, args, words):
     base = {"--pipeline": PIPELINE, "--data": "{}"}

@@ -154,6 +154,36 @@ def test_list_show_and_requeue_dead_letters_written_by_the_consumer(setup):
     assert json.loads(out.stdout)[0]["headers"][REDRIVEN] == 1
 
 
+def test_a_token_sent_in_the_wrong_field_is_in_no_header_log_or_listing(setup):
+    """Swapped uuid and token on the queue: the dead letter's detail header, the consumer's
+    log and ``deadletters list/show`` never hold the token (it is in no token field, so only
+    the rule that masks anything token-shaped, and errors that never echo it, keep it out)."""
+    ((job, token),) = make_jobs(setup.app, 1, "swapped")
+    docs = [("m-swap", {"uuid": token, "name": "update", "token": job}),
+            ("m-name", {"uuid": job, "name": token, "token": token})]
+    msgs = [OutgoingMessage(mid, json.dumps(doc).encode(), job, mid) for mid, doc in docs]
+    assert publish(setup.amqp_url, setup.topology, msgs).ok
+    settle(setup, expected=2, dead=2)
+    conn = pika.BlockingConnection(pika.URLParameters(setup.amqp_url))
+    try:
+        ch = conn.channel()
+        headers = []
+        # Held unacknowledged (not requeued one by one, which would hand the same message
+        # back): closing the connection returns them all.
+        while (got := ch.basic_get(setup.names["dead_letter_queue"]))[0] is not None:
+            headers.append(dict(got[1].headers))
+    finally:
+        conn.close()
+    assert [h[REASON] for h in headers] == ["schema_invalid", "unknown_event"]
+    listing = reactor(setup, "deadletters", "list", "--json")
+    shown = [reactor(setup, "deadletters", "show", mid) for mid, _ in docs]
+    assert listing.returncode == 0 and [s.returncode for s in shown] == [0, 0]
+    everything = json.dumps(headers, default=str) + listing.stdout + listing.stderr + \
+        "".join(s.stdout + s.stderr for s in shown) + setup.logs()
+    assert token not in everything
+    assert job in everything  # what is harmless is still shown
+
+
 def test_deadletters_need_a_broker(tmp_path):
     import os
 

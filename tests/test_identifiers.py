@@ -80,11 +80,32 @@ def test_check_typed_accepts_the_right_kind():
     (None, "pipeline", "lower-case UUID"),
     (12, "pipeline", "lower-case UUID"),
     (PIPE + " ", "pipeline", "lower-case UUID"),
+    (PIPE + "\n", "pipeline", "lower-case UUID"),  # "$" of a regex matches before a final \n
+    ("\n" + PIPE, "pipeline", "lower-case UUID"),
 ])
 def test_check_typed_names_the_problem(value, kind, words):
     with pytest.raises(ValueError) as info:
         check_typed(value, kind)
     assert words in str(info.value)
+
+
+def test_check_typed_never_echoes_a_token_sent_in_the_uuid_slot():
+    token = "58901ef6c7e874b7c0a273d1a9152e79"
+    with pytest.raises(ValueError) as info:
+        check_typed(token, "pipelinejob")
+    assert token not in str(info.value) and "a string of 32 characters" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [PIPE, typed_uuid("sample", "s1"), typed_uuid("pipelinejob", "j")])
+def test_check_any_typed_accepts_every_known_kind(value):
+    assert identifiers.check_any_typed(value, "child_of") == value
+
+
+@pytest.mark.parametrize("value", ['{"$ne": null}', "999" + PIPE[3:], PIPE + "\n", None, 5, ""])
+def test_check_any_typed_refuses_anything_else_naming_the_field(value):
+    with pytest.raises(ValueError) as info:
+        identifiers.check_any_typed(value, "child_of")
+    assert str(info.value).startswith("child_of")
 
 
 def test_prefixes_are_distinct():

@@ -53,7 +53,8 @@ class Actor:
         if msg is not None:
             env = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
             env[b"MSG"] = msg if isinstance(msg, bytes) else msg.encode()
-            env.update({k.encode(): v.encode() for k, v in params.items()})
+            env.update({k.encode(): v if isinstance(v, bytes) else v.encode()
+                        for k, v in params.items()})
         else:
             env.update(params)
         args = [sys.executable, "-m", "reactor.cli"] + (["--debug"] if debug else []) + \
@@ -204,3 +205,25 @@ def test_works_with_the_embedded_default_and_nothing_configured(tmp_path, monkey
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["state"] == "RUNNING"
+
+
+@pytest.mark.parametrize("name", ["uuid", "token", "event", "status", "note"])
+def test_parameters_with_bytes_that_are_not_utf8_are_rejections_not_bugs(actor, name):
+    """An actor platform retries ``retry:*`` outcomes forever: bad bytes must be rejected."""
+    params = {"uuid": actor.uuid.encode(), "token": actor.token.encode(), "event": b"update",
+              name: b"bad\xff\xfe"}
+    code, outcome, err = actor.run("", **params)
+    assert (code, outcome["outcome"]) == (1, "rejected:decode_error")
+    assert repr(name) in outcome["detail"] and "Traceback" not in err
+    assert actor.record()["revision"] == 1
+
+
+def test_a_token_in_the_uuid_slot_is_in_no_output_or_log_line(actor):
+    """Swapping uuid and token: the rejection quotes neither the token nor logs it."""
+    body = json.dumps({"uuid": actor.token, "name": "update", "token": actor.uuid})
+    for code, outcome, err in (actor.run(body),
+                               actor.run("", uuid=actor.token, token=actor.uuid, event="run"),
+                               actor.run('{"status": "RUNNING"}', uuid=actor.token,
+                                         token=actor.uuid)):
+        assert (code, outcome["kind"]) == (1, "rejected")
+        assert actor.token not in json.dumps(outcome) and actor.token not in err

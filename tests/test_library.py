@@ -254,11 +254,205 @@ def test_relative_archive_path_is_taken_below_the_root(make, root):
     assert (root / "custom" / "place").is_dir()
 
 
-def test_archive_path_outside_the_root_is_recorded_but_never_created(make, tmp_path):
+def _all_jobs(store) -> str:
+    return json.dumps(store.list_jobs(include_hidden=True), sort_keys=True)
+
+
+def test_archive_path_outside_the_root_is_refused_and_nothing_is_written(make, store,
+                                                                          tmp_path):
     elsewhere = tmp_path / "remote-system" / "job"
-    m = make(archive_path=str(elsewhere)).setup()
-    assert m.record["archive_path"] == str(elsewhere)
+    m = make(archive_path=str(elsewhere))
+    with pytest.raises(ArchiveError) as info:
+        m.setup()
+    assert "outside the archive root" in str(info.value) and str(elsewhere) in str(info.value)
+    assert store.list_jobs(include_hidden=True) == [] and m.uuid is None
     assert not elsewhere.exists()
+
+
+def _legacy_job(store, pipeline, n, archive_path, **fields):
+    """A job written straight through the store, bypassing Jobs.create and its checks (as
+    records made before archives had to be their own, or by a race)."""
+    from reactor import records
+
+    uid = typed_uuid("pipelinejob", f"legacy {n}")
+    record = records.new_job_record(uuid=uid, pipeline_uuid=pipeline, data={"legacy": n},
+                                    date=records.now_iso(), archive_path=str(archive_path),
+                                    **fields)
+    store.create_job(record)
+    return uid
+
+
+# --- a job's archive must be its own ------------------------------------------------------------
+
+def test_a_parent_of_another_jobs_archive_is_refused_at_setup(make, store, root):
+    victim = make(data={"victim": 1}).setup()
+    _fill(Path(victim.archive_path))
+    before = _all_jobs(store)
+    for parent in (root / "products" / "v2", root / "products",
+                   Path(victim.archive_path).parent):
+        attacker = make(data={"attacker": str(parent)}, archive_path=str(parent))
+        with pytest.raises(ArchiveError) as info:
+            attacker.setup()
+        text = str(info.value)
+        assert "contains the archive of job" in text and victim.uuid in text
+        assert "must be its own" in text
+        assert attacker.uuid is None and attacker.token is None
+        assert _all_jobs(store) == before
+    assert (Path(victim.archive_path) / "out.txt").read_text() == "result"
+
+
+def test_a_relative_parent_is_refused_too(make, store, root):
+    victim = make(data={"victim": 2}).setup()
+    before = _all_jobs(store)
+    with pytest.raises(ArchiveError) as info:
+        make(data={"attacker": 2}, archive_path="products/v2").setup()
+    assert victim.uuid in str(info.value)
+    assert _all_jobs(store) == before
+
+
+def test_the_same_or_an_inside_path_of_another_job_is_refused(make, store, root):
+    first = make(data={"own": 1}, archive_path="mine/one").setup()
+    before = _all_jobs(store)
+    for path, words in ((str(root / "mine" / "one"), "is the archive of job"),
+                        ("mine/one/", "is the archive of job"),
+                        ("mine/./one", "is the archive of job"),
+                        ("mine/one/deeper", "lies inside the archive of job"),
+                        (str(root / "mine" / "one" / "a" / "b"), "lies inside the archive of job")):
+        with pytest.raises(ArchiveError) as info:
+            make(data={"other": path}, archive_path=path).setup()
+        assert words in str(info.value) and first.uuid in str(info.value), path
+        assert _all_jobs(store) == before
+    # A sibling whose name merely starts with the same letters is not inside.
+    sibling = make(data={"other": "sibling"}, archive_path="mine/one-more").setup()
+    assert sibling.archive_path == str(root / "mine" / "one-more")
+
+
+def test_a_hidden_jobs_archive_is_still_its_own(make, store):
+    hidden = make(data={"hidden": 1}, archive_path="kept/by-hidden").setup()
+    hidden.delete(token=AUTH.admin_token(), force=False)
+    before = _all_jobs(store)
+    with pytest.raises(ArchiveError) as info:
+        make(data={"hidden": 2}, archive_path="kept").setup()
+    assert hidden.uuid in str(info.value)
+    assert _all_jobs(store) == before
+
+
+def test_a_symlink_alias_of_another_jobs_archive_is_refused(make, store, root):
+    victim = make(data={"alias": 1}).setup()
+    alias = root / "alias"
+    alias.symlink_to(Path(victim.archive_path).parent, target_is_directory=True)
+    before = _all_jobs(store)
+    with pytest.raises(ArchiveError) as info:
+        make(data={"alias": 2}, archive_path=str(alias)).setup()
+    assert "contains the archive of job" in str(info.value)
+    with pytest.raises(ArchiveError):
+        make(data={"alias": 3}, archive_path=str(alias / Path(victim.archive_path).name)).setup()
+    assert _all_jobs(store) == before
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("jobs/a\x00b", "NUL"),
+    ("jobs/\udcff", "UTF-8"),
+])
+def test_unusable_archive_path_text_is_refused(make, store, root, bad, words):
+    with pytest.raises(ArchiveError) as info:
+        make(archive_path=bad).setup()
+    assert words in str(info.value)
+    assert store.list_jobs(include_hidden=True) == []
+    assert not (root / "jobs").exists()
+
+
+def test_setup_again_with_the_same_archive_path_reattaches(make, store, root):
+    a = make(data={"again": 1}, archive_path="again/here").setup().run()
+    b = make(data={"again": 1}, archive_path="again/here").setup()
+    c = make(data={"again": 1}, archive_path=str(root / "again" / "here")).setup()
+    assert a.uuid == b.uuid == c.uuid and c.state == "RUNNING"
+    assert a.archive_path == b.archive_path == c.archive_path == str(root / "again" / "here")
+    assert store.get_job(a.uuid)["revision"] == 2
+    a.setup()  # the same object, too
+
+
+def test_setup_of_an_existing_job_keeps_its_record_whatever_path_is_asked(make, store):
+    other = make(data={"keep": "other"}, archive_path="keep/other").setup()
+    job = make(data={"keep": 1}, archive_path="keep/mine").setup()
+    before = _all_jobs(store)
+    # Re-attaching creates nothing, so asking for an overlapping path changes nothing either.
+    again = make(data={"keep": 1}, archive_path="keep/other/inside").setup()
+    assert again.uuid == job.uuid and again.archive_path == job.archive_path
+    assert _all_jobs(store) == before and other.archive_path != again.archive_path
+
+
+def test_jobs_without_an_archive_root_refuse_archive_paths(store, pipeline, root):
+    ops = Jobs(store, AUTH)
+    with pytest.raises(ArchiveError) as info:
+        ops.create(pipeline, {"no-root": 1}, archive_path=str(root / "x"))
+    assert "archive root" in str(info.value)
+    assert store.list_jobs(include_hidden=True) == []
+    record, created = ops.create(pipeline, {"no-root": 2}, archive_path="")
+    assert created and record["archive_path"] == ""
+    record, created = ops.create(pipeline, {"no-root": 3})
+    assert created and record["archive_path"] == ""
+
+
+def test_jobs_create_stores_the_normalised_real_path(store, pipeline, root):
+    ops = Jobs(store, AUTH, archive_root=str(root))
+    record, _ = ops.create(pipeline, {"norm": 1}, archive_path=str(root) + "//a/./b/../c/")
+    assert record["archive_path"] == str(root / "a" / "c")
+    record, _ = ops.create(pipeline, {"norm": 2}, archive_path="rel/d")
+    assert record["archive_path"] == str(root / "rel" / "d")
+    with pytest.raises(ArchiveError):
+        ops.create(pipeline, {"norm": 3}, archive_path=str(root))
+    with pytest.raises(ArchiveError):
+        ops.create(pipeline, {"norm": 4}, archive_path=5)
+    assert len(store.list_jobs(include_hidden=True)) == 2
+
+
+@pytest.fixture
+def cli(store_uri, root, tmp_path, monkeypatch):
+    """``reactor …`` in-process on the test store, with the test archive root and secret."""
+    from click.testing import CliRunner
+    from reactor.cli import main
+
+    monkeypatch.setenv("REACTOR_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("REACTOR_STORE_URI", store_uri)
+    monkeypatch.setenv("REACTOR_SECRET", SECRET)
+    monkeypatch.setenv("REACTOR_ARCHIVE_ROOT", str(root))
+    runner = CliRunner()
+    return lambda *args: runner.invoke(main, list(args), catch_exceptions=False)
+
+
+def _cli_refuses(result, *words):
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("reactor: error:") and result.stderr.count("\n") == 1
+    for word in words:
+        assert word in result.stderr
+
+
+def test_cli_jobs_create_refuses_what_reset_would_refuse(cli, make, store, pipeline, root,
+                                                         tmp_path):
+    victim = make(data={"cli-victim": 1}).setup()
+    _fill(Path(victim.archive_path))
+    before = _all_jobs(store)
+    base = ("jobs", "create", "--pipeline", pipeline)
+    for path in (str(root / "products" / "v2"), "products", str(Path(victim.archive_path))):
+        _cli_refuses(cli(*base, "--data", json.dumps({"p": path}), "--archive-path", path),
+                     victim.uuid, "must be its own")
+    _cli_refuses(cli(*base, "--data", '{"p": "inside"}', "--archive-path",
+                     str(Path(victim.archive_path) / "x")), "lies inside")
+    _cli_refuses(cli(*base, "--data", '{"p": "outside"}', "--archive-path",
+                     str(tmp_path / "elsewhere")), "outside the archive root")
+    _cli_refuses(cli(*base, "--data", '{"p": "root"}', "--archive-path", str(root)),
+                 "archive root itself")
+    assert _all_jobs(store) == before
+    assert (Path(victim.archive_path) / "out.txt").read_text() == "result"
+    # Without --archive-path: a job without an archive, as before.
+    result = cli(*base, "--data", '{"p": "none"}', "--json")
+    assert result.exit_code == 0, result.output
+    assert store.get_job(json.loads(result.stdout)["uuid"])["archive_path"] == ""
+    result = cli(*base, "--data", '{"p": "own"}', "--archive-path", "cli/own", "--json")
+    assert result.exit_code == 0, result.output
+    assert store.get_job(json.loads(result.stdout)["uuid"])["archive_path"] == \
+        str(root / "cli" / "own")
 
 
 def test_token_and_callback(make, monkeypatch):
@@ -388,16 +582,18 @@ def test_ready_needs_admin_token_and_moves_reset_to_created(make, instance, stor
     assert m.state == "CREATED"
 
 
-def test_reset_refuses_an_archive_outside_the_root_and_changes_nothing(make, store, tmp_path):
+def test_reset_refuses_an_archive_outside_the_root_and_changes_nothing(store, pipeline,
+                                                                      instance, tmp_path, root):
     outside = tmp_path / "precious"
     outside.mkdir()
     (outside / "keep.txt").write_text("keep")
-    m = make(data={"r": 3}, archive_path=str(outside)).setup().run()
-    before = snapshot(store, m.uuid)
+    # setup() refuses such a path now; a record from before may still hold one.
+    uid = _legacy_job(store, pipeline, 3, outside)
+    before = snapshot(store, uid)
     with pytest.raises(ArchiveError):
-        m.reset(token=AUTH.admin_token())
+        instance(uid, archive_root=root).reset(token=AUTH.admin_token())
     assert (outside / "keep.txt").read_text() == "keep"
-    assert snapshot(store, m.uuid) == before
+    assert snapshot(store, uid) == before
 
 
 def test_reset_refuses_a_symlink_escaping_the_root(make, store, root, tmp_path):
@@ -407,12 +603,92 @@ def test_reset_refuses_a_symlink_escaping_the_root(make, store, root, tmp_path):
     link = root / "jobs" / "link"
     link.parent.mkdir(parents=True)
     link.symlink_to(outside, target_is_directory=True)
-    m = make(data={"r": 4}, archive_path=str(link)).setup()
+    with pytest.raises(ArchiveError):  # refused at setup now
+        make(data={"r": 4}, archive_path=str(link)).setup()
+    assert store.list_jobs(include_hidden=True) == []
+    # A job set up before the link was planted is refused at reset.
+    m = make(data={"r": 4}, archive_path="jobs/planted").setup()
+    os.rmdir(m.archive_path)
+    os.symlink(outside, m.archive_path, target_is_directory=True)
     before = snapshot(store, m.uuid)
     with pytest.raises(ArchiveError):
         m.reset(token=AUTH.admin_token())
     assert (outside / "keep.txt").exists()
     assert snapshot(store, m.uuid) == before
+
+
+def test_reset_of_a_legacy_parent_of_other_archives_refuses_and_changes_nothing(
+        make, store, pipeline, instance, root):
+    victim = make(data={"victim": "legacy"}).setup()
+    _fill(Path(victim.archive_path))
+    neighbour = make(data={"victim": "legacy", "n": 2}, archive_path="elsewhere/n").setup()
+    _fill(Path(neighbour.archive_path))
+    parent = root / "products" / "v2"
+    uid = _legacy_job(store, pipeline, 10, parent)
+    before = _all_jobs(store)
+    legacy = instance(uid, archive_root=root)
+    with pytest.raises(ArchiveError) as info:
+        legacy.reset(token=AUTH.admin_token())
+    assert "contains the archive of job" in str(info.value) and victim.uuid in str(info.value)
+    assert "clear it" in str(info.value)
+    assert AUTH.admin_token() not in str(info.value)
+    assert _all_jobs(store) == before
+    assert (Path(victim.archive_path) / "out.txt").read_text() == "result"
+    assert (Path(victim.archive_path) / "sub" / "x.bin").read_bytes() == b"\0\1"
+    # Stored in other spellings (relative to the root, with a trailing slash): still refused.
+    for n, spelling in ((11, "products/v2"), (12, str(parent) + "/")):
+        other = _legacy_job(store, pipeline, n, spelling)
+        with pytest.raises(ArchiveError):
+            instance(other, archive_root=root).reset(token=AUTH.admin_token())
+    assert store.get_job(uid)["state"] == "CREATED" and len(store.get_job(uid)["history"]) == 1
+    assert (Path(victim.archive_path) / "out.txt").exists()
+    # The victim's own reset still clears its own archive (and only it): a record claiming
+    # an enclosing directory does not stop the jobs inside from being reset.
+    victim.reset(token=AUTH.admin_token())
+    assert victim.state == "CREATED" and os.listdir(victim.archive_path) == []
+    assert (Path(neighbour.archive_path) / "out.txt").exists()
+
+
+def test_reset_refuses_when_another_job_has_the_same_archive(make, store, pipeline, root):
+    m = make(data={"same": 1}, archive_path="shared/dir").setup().run()
+    _fill(Path(m.archive_path))
+    twin = _legacy_job(store, pipeline, 20, m.archive_path)
+    before = _all_jobs(store)
+    with pytest.raises(ArchiveError) as info:
+        m.reset(token=AUTH.admin_token())
+    assert "is the archive of job" in str(info.value) and twin in str(info.value)
+    assert _all_jobs(store) == before and (Path(m.archive_path) / "out.txt").exists()
+    # With no_clear_path the state still moves: nothing is deleted.
+    m.reset(token=AUTH.admin_token(), no_clear_path=True)
+    assert m.state == "CREATED" and (Path(m.archive_path) / "out.txt").exists()
+
+
+def test_reset_of_a_legacy_archive_inside_another_clears_only_its_own_directory(
+        make, store, pipeline, instance, root):
+    outer = make(data={"outer": 1}, archive_path="outer").setup()
+    _fill(Path(outer.archive_path))
+    inner_path = Path(outer.archive_path) / "sub"
+    uid = _legacy_job(store, pipeline, 30, inner_path)
+    # The outer job's reset would empty the inner job's archive: refused.
+    before = _all_jobs(store)
+    with pytest.raises(ArchiveError) as info:
+        outer.reset(token=AUTH.admin_token())
+    assert "contains the archive of job" in str(info.value) and uid in str(info.value)
+    assert _all_jobs(store) == before and (inner_path / "x.bin").exists()
+    instance(uid, archive_root=root).reset(token=AUTH.admin_token())
+    assert os.listdir(inner_path) == []
+    assert (Path(outer.archive_path) / "out.txt").exists()
+
+
+def test_reset_counts_hidden_jobs_archives(make, store, pipeline, instance, root):
+    hidden = make(data={"hidden-reset": 1}).setup()
+    _fill(Path(hidden.archive_path))
+    hidden.delete(token=AUTH.admin_token(), force=False)
+    uid = _legacy_job(store, pipeline, 40, root / "products")
+    before = _all_jobs(store)
+    with pytest.raises(ArchiveError):
+        instance(uid, archive_root=root).reset(token=AUTH.admin_token())
+    assert _all_jobs(store) == before and (Path(hidden.archive_path) / "out.txt").exists()
 
 
 def test_reset_through_an_instance_clears_too(make, instance):
@@ -510,7 +786,7 @@ def test_instance_handle(make, instance):
     ("run", TypeError),
     ({"data": {}}, ValueError),
     ({"name": "launch"}, ValueError),
-    ({"name": "create"}, ValueError),
+    ({"name": "create"}, MachineError),  # as on every path: recorded once, at creation
     ({"name": "run", "extra": 1}, ValueError),
     ({"name": "run", "uuid": typed_uuid("pipelinejob", "someone else")}, ValueError),
     ({"name": "run", "data": ["not", "a", "dict"]}, TypeError),

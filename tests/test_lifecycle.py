@@ -90,13 +90,15 @@ def test_admin_events_are_exactly_reset_and_ready():
     assert all(lifecycle.is_admin_event(e) == (e in ADMIN) for e in EVENTS)
 
 
-@pytest.mark.parametrize("given, expected", [("RUN", "run"), (" Finish ", "finish"),
+@pytest.mark.parametrize("given, expected", [("RUN", "run"), ("Finish", "finish"),
                                              ("validated", "validated"), ("Reset", "reset")])
 def test_event_names_are_case_insensitive(given, expected):
     assert lifecycle.normalize_event(given) == expected
 
 
-@pytest.mark.parametrize("bad", ["launch", "", "run!", None, 3, ["run"]])
+# ASCII case is all that is forgiven: white space (ASCII or not) and Unicode case folding are not.
+@pytest.mark.parametrize("bad", ["launch", "", "run!", None, 3, ["run"], " Finish ", "run\n",
+                                 "run\u00a0", "\u2003run", "\u212aindex"])
 def test_unknown_event_names_are_refused_with_the_known_list(bad):
     with pytest.raises(ValueError) as info:
         lifecycle.normalize_event(bad)
@@ -123,7 +125,8 @@ def test_every_event_from_every_state_on_the_store(jobs, store, state):
             jobs.apply(uuid, step, None, _token(jobs, uuid, step))
         before = store.get_job(uuid)
         assert before["state"] == state
-        destination = EXPECTED[(state, event)]
+        # create is recorded by creating the job; the table's CREATED -> CREATED row is parity.
+        destination = None if event == "create" else EXPECTED[(state, event)]
         if destination is None:
             snapshot = _snapshot(store, uuid)
             with pytest.raises(MachineError):

@@ -127,6 +127,56 @@ def test_a_schema_error_on_the_token_never_shows_the_token():
     assert "s3cr3t" not in detail
 
 
+def _patterns(node, kind_path=()):
+    """Every (schema file, pattern) in the loaded schema documents."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "pattern" and isinstance(v, str):
+                yield v
+            else:
+                yield from _patterns(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _patterns(v)
+
+
+@pytest.mark.parametrize("instance", [
+    {"uuid": JOB + "\n", "name": "run"},
+    {"parameters": {"uuid": JOB, "status": "FINISHED\n"}, "body": {}},
+    {"parameters": {"uuid": JOB}, "body": {"status": "RUNNING\n"}},
+])
+def test_a_trailing_newline_breaks_a_pattern_in_both_engines(instance):
+    """ECMA-262 "$" is the end of the text; Python's also matches before a final newline."""
+    kind = "event" if "name" in instance else "callback"
+    assert not schemas.fast_validators()[kind].is_valid(instance)
+    errs = schemas.errors(kind, instance)
+    assert errs and errs[0].validator == "pattern"
+    assert "\\n" in schemas.describe(errs[0])  # the harmless value is shown, escaped
+
+
+def test_every_pattern_of_the_schemas_ends_with_the_text():
+    patterns = set(_patterns(schemas.load_documents()))
+    assert patterns
+    for pattern in patterns:
+        assert pattern.startswith("^") and pattern.endswith("$"), pattern
+        assert schemas._compiled(pattern).pattern.endswith(r"\Z"), pattern
+
+
+@pytest.mark.parametrize("field", ["uuid", "name", "data"])
+def test_a_schema_error_never_echoes_a_token_in_any_field(field):
+    token = "58901ef6c7e874b7c0a273d1a9152e79"
+    instance = {"uuid": JOB, "name": "run", field: token}
+    detail = schemas.describe(schemas.errors("event", instance)[0])
+    assert token not in detail and detail.startswith(f"$.{field}:")
+
+
+def test_an_unexpected_field_named_like_a_token_is_not_echoed():
+    token = "58901ef6c7e874b7c0a273d1a9152e79"
+    detail = schemas.describe(schemas.errors("event", {"uuid": JOB, "name": "run",
+                                                       token: 1})[0])
+    assert token not in detail and "unexpected field" in detail
+
+
 def test_the_job_record_schema_accepts_a_new_record():
     from reactor.records import new_job_record, now_iso
     from reactor.identifiers import pipeline_uuid

@@ -165,6 +165,33 @@ def peek(url: str, queue: str) -> list[tuple[bytes, dict]]:
         conn.close()  # unacked messages return to the queue
 
 
+def http_counts(http: httpx.Client, endpoint: str) -> dict[str, float]:
+    """``reactor_http_requests_total`` of one endpoint, by status code, from ``/metrics``."""
+    prefix = f'reactor_http_requests_total{{endpoint="{endpoint}",status="'
+    out = {}
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(prefix):
+            status, _, value = line[len(prefix):].partition('"} ')
+            out[status] = float(value)
+    return out
+
+
+def loud_lines(log_text: str) -> list[str]:
+    """The lines of a JSON log that an operator would be alerted by: WARNING and above, and
+    any line holding a traceback."""
+    return [json.dumps(line) for line in json_log_lines(log_text)
+            if line["level"] in ("WARNING", "ERROR", "CRITICAL") or "exc" in line
+            or "Traceback" in json.dumps(line)]
+
+
+def nested(levels: int) -> dict:
+    """A JSON object nested ``levels`` deep (1 is a flat object)."""
+    doc: dict = {"leaf": 1}
+    for _ in range(levels - 1):
+        doc = {"a": doc}
+    return doc
+
+
 @pytest.fixture
 def sqlite_setup(amqp_url, sqlite_uri, tmp_path):
     s = QueueSetup(amqp_url, sqlite_uri, tmp_path)
@@ -353,6 +380,120 @@ def test_each_kind_of_bad_input_gets_its_status_and_json_error_and_publishes_not
         assert s not in log_text
 
 
+# --------------------------------------------------------------------------------- hostile input
+def test_a_client_that_disconnects_mid_body_is_a_4xx_logged_once_at_info(sqlite_setup):
+    setup = sqlite_setup
+    ((job, token),) = make_jobs(setup.app, 1, "cut")
+    with ServeProcess(setup) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
+        # Valid parameters: had the body arrived whole, the callback would have been queued.
+        head = (f"POST /callbacks?uuid={job}&token={token}&status=RUNNING HTTP/1.1\r\n"
+                f"Host: 127.0.0.1\r\nContent-Type: application/json\r\n")
+        with socket.create_connection(("127.0.0.1", srv.port)) as raw:
+            raw.sendall(f"{head}Content-Length: 1000\r\n\r\n".encode() + b'{"id": "hp')
+        # Without a Content-Length: a chunked body that stops after its first chunk.
+        head = head.replace("/callbacks", "/events")
+        with socket.create_connection(("127.0.0.1", srv.port)) as raw:
+            raw.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() +
+                        b'5\r\n{"uui\r\n')
+        wait_until(lambda: http_counts(http, "callbacks").get("400") and
+                   http_counts(http, "events").get("400"), 60,
+                   "serve to count both cut-short requests")
+        for endpoint in ("callbacks", "events"):
+            counts = http_counts(http, endpoint)
+            assert counts == {"400": 1.0}, (endpoint, counts)  # no 5xx, nothing else
+        assert srv.stop() == 0, srv.log()
+
+    assert queue_depth(setup.amqp_url, setup.names["queue"]) == 0
+    log_text = srv.log()
+    assert not loud_lines(log_text), log_text
+    assert "Traceback" not in log_text and token not in log_text
+    cut = [line for line in json_log_lines(log_text) if line.get("error") == "client_disconnected"]
+    assert [(line["level"], line["endpoint"], line["status"]) for line in cut] == \
+        [("INFO", "callbacks", 400), ("INFO", "events", 400)], log_text
+    assert "the client disconnected before sending the whole body (10 of 1000 bytes " \
+        "received); nothing was queued" in cut[0]["message"]
+    assert "the client disconnected before sending the whole body" in cut[1]["message"]
+
+
+def test_a_callback_too_deep_to_become_an_event_is_a_4xx_and_publishes_nothing(sqlite_setup):
+    from reactor.messages import MAX_DEPTH
+
+    setup = sqlite_setup
+    ((job, token),) = make_jobs(setup.app, 1, "deep")
+    # The body itself is one level, so "deep" adds MAX_DEPTH - 1 (at the limit) or MAX_DEPTH
+    # (beyond it); as an event the job JSON sits one level deeper still, under "data".
+    bodies = {"at the limit": {"id": "hpc-1", "status": "RUNNING", "deep": nested(MAX_DEPTH - 1)},
+              "beyond it": {"id": "hpc-1", "status": "RUNNING", "deep": nested(MAX_DEPTH)}}
+    with ServeProcess(setup) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
+        for what, body in bodies.items():
+            r = http.post("/callbacks", params={"uuid": job, "token": token,
+                                                "status": "RUNNING"}, json=body)
+            assert 400 <= r.status_code < 500, (what, r.status_code, r.text)
+            answer = r.json()
+            assert answer["error"] in ("decode_error", "schema_invalid"), (what, answer)
+            assert "nest" in answer["detail"] or "deep" in answer["detail"], (what, answer)
+        assert not [s for s in http_counts(http, "callbacks") if s.startswith("5")]
+        assert srv.stop() == 0, srv.log()
+    assert queue_depth(setup.amqp_url, setup.names["queue"]) == 0
+    assert not loud_lines(srv.log()), srv.log()
+
+
+def test_a_token_sent_in_the_wrong_place_is_never_echoed(sqlite_setup):
+    setup = sqlite_setup
+    ((job, token),) = make_jobs(setup.app, 1, "echo")
+    requests = [
+        # (what, method, path, kwargs, status)
+        ("a job token in the path", "GET", f"/jobs/{token}", {}, 400),
+        ("uuid and token swapped in a callback", "POST", "/callbacks",
+         dict(params={"uuid": token, "token": job, "status": "RUNNING"},
+              json={"id": "hpc-1", "status": "RUNNING"}), 400),
+        ("uuid and token swapped in an event", "POST", "/events",
+         dict(json={"uuid": token, "name": "run", "token": job}), 400),
+        ("a job token in an unknown path", "POST", f"/callbacks/{token}", {}, 404),
+    ]
+    with ServeProcess(setup) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
+        for what, method, path, kwargs, status in requests:
+            r = http.request(method, path, **kwargs)
+            assert r.status_code == status, (what, r.status_code, r.text)
+            assert r.json()["detail"], (what, r.text)
+            assert token not in r.text and token not in str(r.headers), (what, r.text)
+        assert srv.stop() == 0, srv.log()
+    assert queue_depth(setup.amqp_url, setup.names["queue"]) == 0
+    log_text = srv.log()
+    assert token not in log_text
+    served = [line for line in json_log_lines(log_text)
+              if line["logger"] == "reactor.serve" and "status" in line]
+    # The access log names the route where the path held no valid job uuid.
+    assert served[0]["message"].startswith("GET /jobs/{uuid} 400 bad_request: "), served[0]
+    assert [line["status"] for line in served] == [400, 400, 400]  # the 404 reaches no route
+
+
+def test_the_401_of_a_read_without_a_token_says_how_to_send_it_intact(sqlite_setup):
+    setup = sqlite_setup
+    ((job, token),) = make_jobs(setup.app, 1, "hint")
+    read_hint = (f"reading job {job} needs the job's token; send it as 'Authorization: "
+                 "Bearer …' or as the query parameter 'token'")
+    post_hint = (f"'run' on job {job} needs the job's token; send it as the query parameter "
+                 "'token', or as 'token' in an event body")
+    with ServeProcess(setup) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
+        r = http.get(f"/jobs/{job}")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert r.json() == {"error": "token_required", "detail": read_hint}
+        r = http.post("/events", params={"uuid": job, "event": "run"})
+        assert r.status_code == 401
+        assert r.json() == {"error": "token_required", "detail": post_hint}
+        # A scheme with no token after it: the hint is not masked as if "Bearer" were one.
+        r = http.get(f"/jobs/{job}", headers={"Authorization": "Bearer"})
+        assert r.status_code == 401
+        assert r.json()["detail"] == "the Authorization header must be 'Bearer <token>'"
+        assert srv.stop() == 0, srv.log()
+    messages = [line["message"] for line in json_log_lines(srv.log())
+                if line.get("error") == "token_required"]
+    # The log line carries the same detail, untouched by the masking every line goes through.
+    assert messages[:2] == [f"GET /jobs/{job} 401 token_required: {read_hint}",
+                            f"POST /events 401 token_required: {post_hint}"]
+
+
 # --------------------------------------------------------------------------------- outages
 def test_broker_outage_answers_503_and_nothing_is_lost(sqlite_setup):
     setup = sqlite_setup
@@ -466,3 +607,26 @@ def test_the_queue_message_is_self_contained_and_round_trips_through_the_contrac
             assert (again.event, again.data) == (message.event, message.data)
     running = messages.parse(outgoing_body(messages.parse(*cases[0])))
     assert running.event == "run" and "_links" not in running.data
+
+
+def test_a_queue_message_the_contract_refuses_or_changes_is_a_4xx_never_a_500():
+    from types import SimpleNamespace
+
+    from reactor import messages
+    from reactor.serve import HttpError, Ingress, outgoing_body
+
+    job = job_uuid(pipeline_uuid("serve-tests-outgoing"), [], {})
+    ingress = SimpleNamespace(max_bytes=262144)  # all _check_outgoing reads of the Ingress
+    message = messages.EventMessage("callback", job, "run", {"status": "RUNNING"}, "t" * 32)
+    # Refused on re-reading (nested too deep under "data"): the reason's own status.
+    deep = messages.EventMessage("callback", job, "run",
+                                 nested(messages.MAX_DEPTH), "t" * 32)
+    with pytest.raises(HttpError) as refused:
+        Ingress._check_outgoing(ingress, outgoing_body(deep), deep)
+    assert (refused.value.status, refused.value.error) == (400, "decode_error")
+    assert "nothing was queued" in refused.value.detail
+    # Read back as something else: refused, not queued, and not a 500.
+    other = messages.EventMessage("callback", job, "run", {"status": "FAILED"}, "t" * 32)
+    with pytest.raises(HttpError) as changed:
+        Ingress._check_outgoing(ingress, outgoing_body(other), message)
+    assert (changed.value.status, changed.value.error) == (400, "schema_invalid")

@@ -448,6 +448,91 @@ def test_delete_unknown_job_is_false(store):
     assert store.delete_job(typed_uuid("pipelinejob", "nobody"), force=False) is False
 
 
+# --- archive owners ----------------------------------------------------------------------------
+
+def _owners(store, *paths: str, hidden: tuple[str, ...] = (), start: int = 100) -> dict[str, str]:
+    """Create one job per archive path (those in ``hidden`` soft-deleted); uuid → path."""
+    made = {}
+    for n, path in enumerate(paths, start):
+        record = job_record(n, archive_path=path)
+        store.create_job(record)
+        if path in hidden:
+            store.delete_job(record["uuid"], force=False)
+        made[record["uuid"]] = path
+    return made
+
+
+def test_archive_owners_finds_the_path_what_lies_below_it_and_its_ancestors(store):
+    made = _owners(store, "/r/products/v2/p/j1", "/r/products/v2/p/j2", "/r/products/v2",
+                   "/r/products/v2/p", "/r/products/v2-old/x", "/r/products/v20",
+                   "/r/products/v2/p/j1/deeper/still", "/r/other", "", "/r", "relative/p",
+                   hidden=("/r/products/v2/p/j2",))
+    by_path = {path: uuid for uuid, path in made.items()}
+
+    def owners(path):
+        return store.archive_owners(path)
+
+    expected = sorted((by_path[p], p) for p in (
+        "/r/products/v2/p/j1", "/r/products/v2/p/j2", "/r/products/v2", "/r/products/v2/p",
+        "/r/products/v2/p/j1/deeper/still", "/r"))
+    assert owners("/r/products/v2/p") == expected  # by uuid, hidden jobs included
+    assert owners("/r/products/v2/p/") == expected  # normalised first
+    assert owners("/r/products/v2/p/j1") == sorted((by_path[p], p) for p in (
+        "/r/products/v2/p/j1", "/r/products/v2", "/r/products/v2/p",
+        "/r/products/v2/p/j1/deeper/still", "/r"))
+    assert owners("/r/products/v") == [(by_path["/r"], "/r")]  # a string prefix is no parent
+    assert owners("/elsewhere") == []
+    assert owners("/r/products/v2/p/j3") == sorted((by_path[p], p) for p in (
+        "/r/products/v2", "/r/products/v2/p", "/r"))
+    assert owners("relative") == [(by_path["relative/p"], "relative/p")]
+    assert {u for u, _ in owners("/")} == {u for u, p in made.items() if p.startswith("/")}
+
+
+def test_archive_owners_matches_legacy_trailing_slashes(store):
+    made = _owners(store, "/r/a/", "/r/a/b/", "/r/a//c", start=120)
+    by_path = {path: uuid for uuid, path in made.items()}
+    assert store.archive_owners("/r/a/b") == sorted(
+        [(by_path["/r/a/"], "/r/a/"), (by_path["/r/a/b/"], "/r/a/b/")])
+    assert [p for _, p in store.archive_owners("/r/a")] == sorted(
+        ["/r/a/", "/r/a/b/", "/r/a//c"], key=lambda p: by_path[p])
+
+
+@pytest.mark.parametrize("special", ["100%", "a_b", "a.b", "a*", "(x)", "[ab]", "a+b", "^x$",
+                                     "a|b", "a?", "{1}", "back\\slash", "quote'\"", "é ✓",
+                                     "a\nb", "a#b -c"])
+def test_archive_owners_prefix_has_no_wildcards(store, special):
+    # Paths holding what LIKE or a regular expression would read as a pattern: only the
+    # literal path and what lies below it match, never a look-alike.
+    base = f"/r/{special}"
+    look_alikes = ["/r/" + special.replace(c, r) for c, r in (
+        ("%", "X%"), ("_", "X"), (".", "X"), ("*", ""), ("(", ""), ("[", "a"), ("+", "bb"),
+        ("^", ""), ("|", "X"), ("?", ""), ("{", ""), ("\\", "/"), ("'", "\\'"), ("é", "e"),
+        ("\n", ""), ("#", "\\#"), (" ", "  "))
+        if c in special] + [base + "x", base[:-1]]
+    others = sorted({q for p in look_alikes if p != base for q in (p, p + "/job")})
+    made = _owners(store, base, base + "/job", *others, start=140)
+    by_path = {path: uuid for uuid, path in made.items()}
+    assert store.archive_owners(base) == sorted(
+        [(by_path[base], base), (by_path[base + "/job"], base + "/job")])
+
+
+def test_archive_owners_of_several_paths_in_one_query(store):
+    made = _owners(store, "/r/a/j", "/r/b", "/r/b/c/d", "rel/x/y", "/r/other", start=170)
+    by_path = {path: uuid for uuid, path in made.items()}
+    expected = sorted({*store.archive_owners("/r/a"), *store.archive_owners("/r/b/c"),
+                       *store.archive_owners("rel/x")})
+    assert expected == sorted((by_path[p], p) for p in ("/r/a/j", "/r/b", "/r/b/c/d", "rel/x/y"))
+    assert store.archive_owners(["/r/a", "/r/b/c", "rel/x"]) == expected
+    assert store.archive_owners(("/r/a", "/r/a/")) == store.archive_owners("/r/a")
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None, 5, "a\x00b", [], ["/r", 5], [None],
+                                 {"/r": 1}])
+def test_archive_owners_refuses_bad_paths(store, bad):
+    with pytest.raises(ValueError, match="archive path"):
+        store.archive_owners(bad)
+
+
 # --- pipelines and documents -------------------------------------------------------------------
 
 def test_pipelines_registry(store):

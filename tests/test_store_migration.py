@@ -172,7 +172,8 @@ def test_an_old_file_is_converted_at_open(old_file):
     assert _others(path) == others  # other tables, the reactor's and not, are untouched
     indexes = {name for (name,) in _raw(path, "SELECT name FROM sqlite_master WHERE "
                                               "type = 'index' AND name NOT LIKE 'sqlite_%'")}
-    assert indexes == {"jobs_by_created", "jobs_by_state", "jobs_by_pipeline", "history_by_key"}
+    assert indexes == {"jobs_by_created", "jobs_by_state", "jobs_by_pipeline", "jobs_by_archive",
+                       "history_by_key"}
 
 
 def test_a_converted_file_takes_events_and_knows_its_old_keys(old_file):

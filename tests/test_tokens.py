@@ -142,6 +142,44 @@ def test_mask_text_hides_tokens_in_free_text():
     assert JOB in tokens.mask_text(f"uuid={JOB}&token={t}")
 
 
+@pytest.mark.parametrize("length", [16, 32, 64])
+def test_mask_text_hides_token_shaped_text_wherever_it_stands(length):
+    """A token in the wrong field (a uuid's place, a path, an exception text) is masked too:
+    every run of 16 or more hex digits, in any case, glued to other text or not."""
+    t = Authority(SECRET, length=length).job_token(JOB)
+    for text in (f"$.uuid: {t!r} does not match", f"GET /jobs/{t} 400", f"x{t}y",
+                 f"id:{t.upper()}", f"secret {SECRET.encode().hex()}"):
+        masked = tokens.mask_text(text)
+        assert t not in masked and t.upper() not in masked and SECRET.encode().hex() not in masked
+    assert "…" in tokens.mask_text(t)
+
+
+@pytest.mark.parametrize("text", [
+    f"job {JOB}: run moved CREATED → RUNNING", "2026-12-04T17:57:31.562Z applied",
+    "latency_ms=1.234 revision=15 message_id=m-123", "deadbeef-cafe", "a" * 15,
+])
+def test_mask_text_leaves_uuids_dates_and_short_hex_alone(text):
+    assert tokens.mask_text(text) == text
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, "null"), (True, "true"), (12, "12"), (2.5, "2.5"), ("runn", '"runn"'),
+    ("FINISHED\n", '"FINISHED\\n"'), (JOB, f'"{JOB}"'),
+    ("x" * 41, "a string of 41 characters"), ("a1b2c3d4e5f6a7b8", "a string of 16 characters"),
+    ("Bearer abcdefghijklmnopq", "a string of 24 characters"),
+    ({"a": 1}, "an object with 1 keys"), ([1, 2], "an array of 2 items"),
+])
+def test_shown_echoes_only_what_is_known_to_be_harmless(value, expected):
+    """Errors quote a caller's value only when it cannot be a token or secret."""
+    assert tokens.shown(value) == expected
+
+
+def test_shown_never_echoes_a_token_of_any_configured_length():
+    for length in range(16, 65):
+        t = Authority(SECRET, length=length).job_token(JOB)
+        assert t not in tokens.shown(t) and t not in tokens.shown(" " + t)
+
+
 def test_authority_gives_the_module_functions_tokens_across_window_changes():
     secret = "s" * 32
     authority = Authority(secret, window=60)
@@ -156,3 +194,24 @@ def test_authority_gives_the_module_functions_tokens_across_window_changes():
         assert not authority.is_admin(older, now)
         assert authority.allows(uuid, current, admin_only=True, now=now)
         assert not authority.allows(uuid, older, now=now)
+
+
+def test_a_sha256_digest_is_kept_whole_but_nothing_glued_to_it():
+    """The duplicate key and the publisher's message id are digests operators quote; a 64-hex
+    run with anything else in front or behind is masked like any token-shaped text."""
+    digest = "sha256:" + hashlib.sha256(b"body").hexdigest()
+    assert tokens.mask_text(f"key {digest} id:{digest}") == f"key {digest} id:{digest}"
+    for glued in ("x" + digest, digest + "0", digest.upper()[:7] + "g" + digest[8:]):
+        assert tokens.mask_text(glued) != glued or "…" in glued
+
+
+@pytest.mark.parametrize("bad", ["\udcff" * 32, "abc\ud800"])
+def test_a_token_that_is_not_valid_text_is_simply_wrong(bad):
+    authority = Authority(SECRET)
+    assert not authority.allows(JOB, bad) and not authority.is_admin(bad)
+    assert not is_job_token(SECRET, JOB, bad)
+
+
+def test_a_secret_that_is_not_valid_text_is_refused_by_name():
+    with pytest.raises(ValueError, match="secret"):
+        Authority(SECRET + "\udcff")

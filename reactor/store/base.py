@@ -5,6 +5,7 @@ see ``records.now_iso``); backends translate to and from their own representatio
 """
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from typing import Callable, Iterable
 
@@ -75,6 +76,14 @@ class JobStore(ABC):
         other documents, or soft-delete it (hide it). ``only_if_revision`` makes the delete
         conditional on the stored revision. Returns whether a job was deleted."""
 
+    @abstractmethod
+    def archive_owners(self, path: str | list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+        """``(job uuid, archive_path)`` of every job, hidden ones included, whose archive path
+        is ``path``, lies below it (starts with ``path + "/"``) or is one of its ancestors, by
+        uuid. Plain string comparison on the stored text (``archive_query`` says which strings
+        match), so it is meaningful for paths stored normalised (absolute, ``normpath``).
+        A list of paths asks for the owners of any of them, in one query."""
+
     # --- pipelines --------------------------------------------------------------------------
     @abstractmethod
     def add_pipeline(self, doc: dict) -> tuple[dict, bool]:
@@ -111,6 +120,37 @@ class JobStore(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def archive_query(path: object) -> tuple[list[str], list[str]]:
+    """What ``archive_owners(path)`` matches: (stored values matched exactly, prefixes of those
+    below). Each path is normalised (``os.path.normpath``) first; the exact values are the
+    path and each of its ancestors, those also with a trailing "/" (a form records written
+    before paths were normalised may hold); the prefix is the path and a "/". ``path`` is one
+    path or a non-empty list of them; ValueError unless each is a non-empty string without
+    NUL."""
+    paths = list(path) if isinstance(path, (list, tuple)) else [path]
+    if not paths:
+        raise ValueError("archive path list must not be empty")
+    exact: list[str] = []
+    prefixes: list[str] = []
+    for one in paths:
+        if not isinstance(one, str) or not one.strip() or "\x00" in one:
+            raise ValueError("archive path must be a non-empty string without NUL")
+        one = os.path.normpath(one)
+        current = one
+        while True:
+            for form in (current, current if current.endswith("/") else current + "/"):
+                if form not in exact:
+                    exact.append(form)
+            parent = os.path.dirname(current)
+            if not parent or parent == current:
+                break
+            current = parent
+        prefix = one if one.endswith("/") else one + "/"
+        if prefix not in prefixes:
+            prefixes.append(prefix)
+    return exact, prefixes
 
 
 def apply_in_waves(waves: list[list[tuple]], commit: Callable[[list[tuple]], list]

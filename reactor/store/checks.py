@@ -23,7 +23,7 @@ MAX_DEPTH = 100
 
 def check_json(value: Any, what: str) -> None:
     """Raise ValueError unless ``value`` is JSON-compatible (string keys, finite numbers, int64)."""
-    jsonvalues.check_json(value, what, MAX_DEPTH)
+    jsonvalues.check_json(value, what, MAX_DEPTH, nul_keys=True)
 
 
 def parse_timestamp(value: Any, what: str) -> datetime:
@@ -54,7 +54,7 @@ def check_uuid(value: Any, what: str) -> str:
 
 def check_collection(name: Any) -> str:
     """Return ``name`` if it may name a collection of linked documents, else ValueError."""
-    if not isinstance(name, str) or not COLLECTION_NAME.match(name) or len(name) > 64:
+    if not isinstance(name, str) or not COLLECTION_NAME.fullmatch(name) or len(name) > 64:
         raise ValueError(f"collection name {name!r} is invalid; use lower-case letters, digits "
                          "and underscores, starting with a letter or underscore")
     if name in RESERVED_COLLECTIONS:
@@ -196,6 +196,8 @@ def check_query(state: Any, pipeline_uuid: Any, limit: Any) -> None:
     for name, value in (("state", state), ("pipeline_uuid", pipeline_uuid)):
         if value is not None and not isinstance(value, str):
             raise ValueError(f"{name} filter must be a string or None, got {value!r}")
+        if value is not None:
+            jsonvalues.check_text(value, f"{name} filter")  # a lone surrogate cannot be sent
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import secrets
 import time
 from contextlib import contextmanager
@@ -39,7 +40,7 @@ from pymongo.write_concern import WriteConcern
 
 from ..errors import StoreError, StoreUnavailable
 from ..records import LINKAGE_FIELDS
-from .base import COLLECTIONS_WITH_LINKS, JobStore
+from .base import COLLECTIONS_WITH_LINKS, JobStore, archive_query
 from .bson_codec import decode, encode_entry, encode_job, escape
 from .checks import (
     check_changes, check_collection, check_delete, check_document, check_flag, check_job_record,
@@ -190,6 +191,7 @@ class MongoJobStore(JobStore):
                 self._jobs.create_index("uuid", unique=True)
                 self._jobs.create_index([("created", pymongo.DESCENDING),
                                          ("uuid", pymongo.ASCENDING)])
+                self._jobs.create_index("archive_path")  # archive_owners: exact and prefix
                 self._pipelines.create_index("uuid", unique=True)
         except StoreError:
             self._client.close()
@@ -572,6 +574,24 @@ class MongoJobStore(JobStore):
         if dropped:
             change["$unset"] = {f: "" for f in dropped}
         self._jobs.update_one({"_id": job}, change)
+
+    def archive_owners(self, path: str | list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+        """``(uuid, archive_path)`` of every job (hidden ones too) whose archive path is
+        ``path`` (or one of a list), below it or one of its ancestors, by uuid (see
+        ``base.archive_query``).
+
+        One query on the ``archive_path`` index: ``$in`` for the exact values, an anchored
+        ``$regex`` of each escaped prefix for those below (an anchored literal prefix is
+        answered from the index on MongoDB)."""
+        exact, prefixes = archive_query(path)
+        query = {"$or": [{"archive_path": {"$in": exact}},
+                         *({"archive_path": {"$regex": "^" + re.escape(prefix)}}
+                           for prefix in prefixes)]}
+        with self._errors("find archive owners"):
+            docs = list(self._jobs.find(query, {"uuid": 1, "archive_path": 1}))
+        found = {d["uuid"]: d["archive_path"] for d in docs
+                 if isinstance(d.get("uuid"), str) and isinstance(d.get("archive_path"), str)}
+        return sorted(found.items())
 
     # --- pipelines -----------------------------------------------------------------------------
     def add_pipeline(self, doc: dict) -> tuple[dict, bool]:

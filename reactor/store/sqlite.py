@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from ..errors import StoreError, StoreUnavailable
-from .base import JobStore, apply_in_waves
+from .base import JobStore, apply_in_waves, archive_query
 from .writer_turns import WriterTurns
 from .checks import (
     check_changes, check_collection, check_delete, check_document, check_flag, check_job_record,
@@ -38,6 +38,14 @@ T = TypeVar("T")
 # --- the SQLite backend ------------------------------------------------------------------------
 
 SCHEMA_VERSION = 2  # PRAGMA user_version of the layout below; 0 is the first layout
+
+
+_ARCHIVE_PATH = "json_extract(body, '$.archive_path')"
+
+
+def _after_prefix(prefix: str) -> str:
+    """The least text greater than everything that starts with ``prefix`` (ending in "/")."""
+    return prefix[:-1] + "0"
 
 
 def _jobs_table(name: str) -> str:
@@ -60,6 +68,8 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created DESC, uuid)",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created DESC)",
     "CREATE INDEX IF NOT EXISTS jobs_by_pipeline ON jobs (pipeline_uuid, created DESC)",
+    # Whose archive is where (``archive_owners``, at every job created with an archive path).
+    f"CREATE INDEX IF NOT EXISTS jobs_by_archive ON jobs ({_ARCHIVE_PATH})",
     *HISTORY_SCHEMA,
     """CREATE TABLE IF NOT EXISTS pipelines (
         uuid TEXT PRIMARY KEY, name TEXT NOT NULL, body TEXT NOT NULL)""",
@@ -601,6 +611,26 @@ class SqliteJobStore(JobStore):
                     where = " AND ".join(f"{c} = ?" for c in key_columns)
                     conn.execute(f"UPDATE {table} SET body = ? WHERE {where}",
                                  (_dumps(doc), *row[:-1]))
+
+    def archive_owners(self, path: str | list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+        """``(uuid, archive_path)`` of every job (hidden ones too) whose archive path is
+        ``path`` (or one of a list), below it or one of its ancestors, by uuid (see
+        ``base.archive_query``).
+
+        Each path is one lookup in the ``jobs_by_archive`` index: equal to one of ``exact``,
+        or in the range of text that starts with a prefix (each ends in "/", and "0" is the
+        character after "/", so ``[prefix, prefix[:-1] + "0")`` is exactly what starts with
+        it; no LIKE, so no wildcard to escape)."""
+        exact, prefixes = archive_query(path)
+        marks = ", ".join("?" * len(exact))
+        ranges = "".join(f" OR ({_ARCHIVE_PATH} >= ? AND {_ARCHIVE_PATH} < ?)"
+                         for _ in prefixes)
+        sql = (f"SELECT uuid, {_ARCHIVE_PATH} FROM jobs WHERE ({_ARCHIVE_PATH} IN ({marks})"
+               f"{ranges}) AND typeof({_ARCHIVE_PATH}) = 'text' ORDER BY uuid")
+        params = (*exact, *(bound for prefix in prefixes
+                            for bound in (prefix, _after_prefix(prefix))))
+        rows = self._run(lambda conn: conn.execute(sql, params).fetchall())
+        return [(uuid, p) for uuid, p in rows]
 
     # --- pipelines -----------------------------------------------------------------------------
     def add_pipeline(self, doc: dict) -> tuple[dict, bool]:

@@ -171,7 +171,10 @@ def test_a_corrupt_record_is_an_internal_error_outcome_not_a_crash(actor):
     import sqlite3
 
     with sqlite3.connect(actor.cwd / "store.db") as conn:
-        conn.execute("UPDATE jobs SET body = '{not json' WHERE uuid = ?", (actor.uuid,))
+        # Valid JSON of the wrong shape: text that is not JSON at all, SQLite itself now
+        # refuses to write (the archive-path index reads every body).
+        conn.execute("UPDATE jobs SET body = '\"not a job record\"' WHERE uuid = ?",
+                     (actor.uuid,))
     code, outcome, stderr = actor.run(actor.event("run"))
     assert (code, outcome["outcome"]) == (1, "retry:internal_error")
     assert "Traceback" not in stderr

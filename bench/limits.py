@@ -132,12 +132,10 @@ def _entry_data(payloads: list[bytes], index: int) -> dict:
     return json.loads(payloads[index])["data"]
 
 
-def mongo_ceiling(uri: str, database: str, work: Workload, payloads: list[bytes],
-                  compare_here: bool = False) -> float:
+def mongo_ceiling(uri: str, database: str, work: Workload, payloads: list[bytes]) -> float:
     """ops/s of one compare-and-set per event (majority, journaled): ``find_one_and_update``
-    with the reactor's filter (_id = job uuid, visibility, state, no entry with the key), or
-    with ``compare_here`` a read by exact _id, the same comparison in Python, and an update by
-    exact _id (what the reactor does under its job lock on servers that need one)."""
+    with the reactor's filter (the job's uuid, visibility, state, no entry with the key) and
+    update, the one path every MongoDB server takes."""
     client = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000)
     try:
         db = client[database].with_options(write_concern=WriteConcern(w="majority", j=True))
@@ -156,18 +154,11 @@ def mongo_ceiling(uri: str, database: str, work: Workload, payloads: list[bytes]
             update = {"$set": {"state": ev.to_state, "last_event": ev.name,
                                "updated": entry["date"]},
                       "$inc": {"revision": 1}, "$push": {"history": entry}}
-            uid = uuids[ev.job]
-            if compare_here:
-                doc = jobs.find_one({"_id": uid})
-                ok = doc["_visible"] and doc["state"] == ev.from_state and \
-                    all(h.get("key") != entry["key"] for h in doc["history"])
-                ok = ok and jobs.update_one({"_id": uid}, update).matched_count == 1
-            else:
-                ok = jobs.find_one_and_update(
-                    {"_id": uid, "_visible": True, "state": ev.from_state,
-                     "$nor": [{"history.key": entry["key"]}]}, update,
-                    return_document=pymongo.ReturnDocument.AFTER) is not None
-            if not ok:
+            found = jobs.find_one_and_update(
+                {"uuid": uuids[ev.job], "_visible": True, "state": ev.from_state,
+                 "history.key": {"$ne": entry["key"]}}, update, projection={"history": 0},
+                return_document=pymongo.ReturnDocument.AFTER)
+            if found is None:
                 raise RuntimeError(f"raw compare-and-set {i} missed")
         elapsed = time.perf_counter() - t0
         return len(work.events) / elapsed

@@ -42,8 +42,7 @@ class App:
         return open_store(uri, database=self.settings.database,
                           write_concern=self.settings.write_concern,
                           journal=self.settings.journal,
-                          server_selection_timeout_ms=self.settings.server_selection_timeout_ms,
-                          job_locks=self.settings.job_locks)
+                          server_selection_timeout_ms=self.settings.server_selection_timeout_ms)
 
     @cached_property
     def jobs(self):

@@ -167,6 +167,8 @@ def publish(sources: tuple[str, ...], raw: bool, unique_ids: bool,
         report = publish_all(url, topology, messages)
     except _EXPECTED as exc:
         handle_error(exc)
+    for note in report.reconnects:
+        click.echo(f"reactor: {note}", err=True)
     for source, why in report.failed:
         click.echo(f"reactor: not confirmed: {source}: {why}", err=True)
     click.echo(f"confirmed {report.confirmed} of {report.total} message(s) to exchange "

@@ -17,6 +17,19 @@ ENV_PREFIX = "REACTOR_"
 CONFIG_ENV = "REACTOR_CONFIG"
 # REACTOR_* variables that belong to tools around the reactor, not to its configuration.
 NOT_CONFIG_ENV = frozenset({CONFIG_ENV, "REACTOR_SERVICES_DIR"})
+# String keys that config.yml may also give as a YAML list: kept as one comma-separated string,
+# the form the environment variable takes, so every reader sees one format.
+LIST_KEYS = frozenset({"broker_url"})
+
+
+def _joined(key: "Key", items: list, source: str) -> str:
+    """A YAML list of strings as one comma-separated string; ConfigError naming the entry."""
+    for number, item in enumerate(items, 1):
+        # The entry's value is not shown: a URL may hold a password.
+        if not isinstance(item, str) or not item.strip() or "," in item:
+            raise ConfigError(f"{source}: bad value for {key.name!r}: entry {number} of the "
+                              "list is not a non-empty string without commas")
+    return ",".join(item.strip() for item in items)
 
 
 @dataclass(frozen=True)
@@ -47,9 +60,9 @@ KEYS: tuple[Key, ...] = (
     Key("journal", bool, True, "MongoDB write concern j (wait for the journal)"),
     Key("server_selection_timeout_ms", int, 3000, "MongoDB server selection timeout",
         _positive),
-    Key("job_locks", str, "auto", "MongoDB per-job lease locks: auto (only for MongoDB-wire "
-        "servers that are not MongoDB), on or off", lambda v: v in ("auto", "on", "off")),
-    Key("broker_url", str, "", "amqp://… URL of RabbitMQ; empty = no broker (embedded mode)"),
+    Key("broker_url", str, "", "amqp://… URL of RabbitMQ, or one per node of a cluster: "
+        "comma-separated (a YAML list in config.yml), tried in a shuffled order, the next "
+        "one when a node is lost; empty = no broker (embedded mode)"),
     Key("secret", str, "", "Token secret (prefer secret_file); at least 16 bytes"),
     Key("secret_file", str, "", "File holding the token secret"),
     Key("token_length", int, 32, "Hex characters of job and admin tokens", lambda v: 16 <= v <= 64),
@@ -66,7 +79,10 @@ KEYS: tuple[Key, ...] = (
     Key("queue", str, "reactor.events", "Main queue"),
     Key("dead_letter_queue", str, "reactor.dead", "Dead-letter queue"),
     Key("retry_queue", str, "reactor.retry", "Delayed-retry queue (TTL, dead-letters back)"),
-    Key("queue_type", str, "classic", "classic or quorum", lambda v: v in ("classic", "quorum")),
+    Key("queue_type", str, "classic", "classic or quorum: every queue of the topology as a "
+        "replicated quorum queue (a RabbitMQ cluster); main queues then also dead-letter to "
+        "dead_letter_queue once the broker delivered a message max_attempts times",
+        lambda v: v in ("classic", "quorum")),
     Key("partitions", int, 0, "Partition queues behind a consistent-hash exchange keyed on the "
         "job uuid, one single-active consumer each (0 = one shared main queue)",
         lambda v: v >= 0),
@@ -109,6 +125,8 @@ def _coerce(key: Key, value: Any, source: str) -> Any:
                 raise ValueError(value)
             out = int(value)
         else:
+            if isinstance(value, list) and key.name in LIST_KEYS:
+                value = _joined(key, value, source)
             if isinstance(value, (dict, list)):
                 raise ValueError(value)
             out = "" if value is None else str(value)

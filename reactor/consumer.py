@@ -354,7 +354,8 @@ class Consumer:
         # so at moderate load batches stay larger and latency lower (SQLite at 4,000 msgs/s:
         # p99 12-15 ms against 14-22 ms), and under full load the child still always has the
         # next list. On a slow store (a list takes ACK_HOLD_S or more) waiting for half a list
-        # only added latency (FerretDB p99 at 56 msgs/s: 85-107 ms against 43-61 ms).
+        # only added latency (a MongoDB-wire store at 56 msgs/s: p99 85-107 ms against
+        # 43-61 ms).
         half = max(1, size // 2) if group else 1
         last_turn_s = 0.0
         try:

@@ -100,12 +100,26 @@ def _routing_key(message: QueuedMessage) -> str:
         return ""
 
 
+# A quorum queue dead-letters by itself a message delivered ``x-delivery-limit`` times (its
+# consumers kept dying on it): no reactor headers then, only the broker's death record.
+_BROKER_DEATH = "x-first-death-reason"
+
+
+def _reason(headers: Mapping[str, Any]) -> str:
+    """Why a dead letter is one: the consumer's reason, else the broker's delivery limit."""
+    reason = _text(headers.get(_c.REASON))
+    if reason:
+        return reason
+    return "retries_exhausted" if _text(headers.get(_BROKER_DEATH)) == "delivery_limit" \
+        else "unknown"
+
+
 def from_queued(message: QueuedMessage) -> DeadLetter:
     """The operator's view of one queued message."""
     h = message.headers
     attempts = h.get(_c.ATTEMPTS)
     return DeadLetter(
-        message_id=mask_text(message_key(message)), reason=_text(h.get(_c.REASON)) or "unknown",
+        message_id=mask_text(message_key(message)), reason=_reason(h),
         attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool)
         else None,
         first_seen=_text(h.get(_c.FIRST_SEEN)), dead_lettered_at=_text(h.get(_c.DEAD_LETTERED_AT)),

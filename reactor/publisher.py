@@ -14,6 +14,12 @@ Each message is persistent, routed by its job uuid, and carries a message id. By
 is a digest of the body, the same key the reactor falls back to without one, so publishing a
 file again is harmless (the copies are duplicates); ``unique_ids`` gives every message a fresh
 id instead.
+
+The broker URL may name several nodes of a cluster (comma-separated): the first that answers,
+in a shuffled order, is used. If the connection is lost mid-run, the publisher connects again
+(another node first, with capped backoff between rounds over all of them), declares the
+topology again and sends the message whose confirm never came once more: its message id makes
+a copy that did arrive a duplicate.
 """
 from __future__ import annotations
 
@@ -26,7 +32,16 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .errors import ValidationError
-from .transport import BrokerError, ConfirmingPublisher, Topology
+from .transport import (Backoff, BrokerError, BrokerRefused, ConfirmingPublisher, Endpoints,
+                        Topology)
+
+# Reconnection rounds (every URL tried once each) after a lost connection, with the capped
+# backoff between them (0.5 s doubling): about half a minute before the rest is given up.
+RECONNECT_ROUNDS = 6
+# Lost connections one message may cost before it counts as not confirmed: a message the broker
+# answers by closing the channel (say, one beyond its size limit) must not loop forever.
+TRIES_PER_MESSAGE = 3
+APP_ID = "reactor publish"
 
 _JOB_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -48,6 +63,7 @@ class PublishReport:
     total: int = 0
     confirmed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    reconnects: list[str] = field(default_factory=list)  # what was lost, where it went on
 
     @property
     def ok(self) -> bool:
@@ -128,22 +144,79 @@ def _message(source: str, doc: dict, unique_ids: bool) -> OutgoingMessage:
     return OutgoingMessage(source, body, routing_key(doc), message_id(body, unique_ids))
 
 
-def publish(url: str, topology: Topology, messages: Iterable[OutgoingMessage]) -> PublishReport:
-    """Declare the topology and publish each message, waiting for its confirm."""
-    messages = list(messages)
-    report = PublishReport(total=len(messages))
-    with ConfirmingPublisher(url, topology) as publisher:
-        for msg in messages:
-            if not publisher.is_open:
-                report.failed.append((msg.source, "not sent: the connection was lost"))
-                continue
-            props = {"message_id": msg.message_id, "content_type": "application/json",
-                     "delivery_mode": 2, "timestamp": int(time.time()),
-                     "app_id": "reactor publish"}
+class _Session:
+    """The publisher of one ``publish`` run, connected again when its connection is lost."""
+
+    def __init__(self, url: "str | Endpoints", topology: Topology, report: PublishReport,
+                 rounds: int = RECONNECT_ROUNDS, sleep=time.sleep):
+        self.endpoints = Endpoints.of(url, APP_ID)
+        self.topology = topology
+        self.report = report
+        self.rounds = rounds
+        self.sleep = sleep
+        self.gone: str | None = None  # why nothing more can be sent, once that is so
+        self.publisher: ConfirmingPublisher | None = ConfirmingPublisher(self.endpoints,
+                                                                         topology)
+
+    def send(self, msg: OutgoingMessage) -> str | None:
+        """Publish ``msg`` until the broker confirms it; None then, else why not."""
+        props = {"message_id": msg.message_id, "content_type": "application/json",
+                 "delivery_mode": 2, "timestamp": int(time.time()), "app_id": APP_ID}
+        for _ in range(TRIES_PER_MESSAGE):
+            if self.gone is not None:
+                return self.gone
             try:
-                publisher.publish(topology.exchange, msg.routing_key, msg.body, props)
+                self.publisher.publish(self.topology.exchange, msg.routing_key, msg.body, props)
+                return None
             except BrokerError as exc:
-                report.failed.append((msg.source, str(exc)))
-            else:
+                if self.publisher.is_open:
+                    return str(exc)  # refused or unroutable on a live connection: an answer
+                last = str(exc)
+                self._reconnect(last)
+        return self.gone or (f"not confirmed: the connection was lost {TRIES_PER_MESSAGE} "
+                             f"times while sending it; last: {last}")
+
+    def _reconnect(self, why: str) -> None:
+        """Open a new publisher (next node first); sets ``gone`` if every round failed."""
+        self.close()
+        backoff = Backoff()
+        for _ in range(self.rounds):
+            self.sleep(backoff.next())
+            try:
+                self.publisher = ConfirmingPublisher(self.endpoints, self.topology)
+            except BrokerRefused as exc:
+                why = str(exc)
+                break
+            except BrokerError as exc:
+                why = str(exc)
+                continue
+            self.report.reconnects.append(f"{why}; reconnected to {self.publisher.url}")
+            return
+        self.gone = f"not sent: the connection was lost and could not be opened again: {why}"
+
+    def close(self) -> None:
+        """Close the current connection, if any."""
+        publisher, self.publisher = self.publisher, None
+        if publisher is not None:
+            publisher.close()
+
+
+def publish(url: "str | Endpoints", topology: Topology, messages: Iterable[OutgoingMessage],
+            rounds: int = RECONNECT_ROUNDS) -> PublishReport:
+    """Declare the topology and publish each message, waiting for its confirm (connecting
+    again, up to ``rounds`` rounds over the broker URLs, when the connection is lost).
+
+    ``messages`` is read as it is sent, so a caller may hand them over as they come."""
+    report = PublishReport()
+    session = _Session(url, topology, report, rounds)
+    try:
+        for msg in messages:
+            report.total += 1
+            why = session.send(msg)
+            if why is None:
                 report.confirmed += 1
+            else:
+                report.failed.append((msg.source, why))
+    finally:
+        session.close()
     return report

@@ -88,12 +88,15 @@ class BrokerLink:
 
     def __init__(self, url: str, topology: Topology, metrics: Metrics | None = None,
                  factory: Callable[[], Any] | None = None):
-        from .transport import ConfirmingPublisher
+        from .transport import ConfirmingPublisher, Endpoints
 
         self.url = redact_url(url)
         self.topology = topology
         self.metrics = metrics
-        self._factory = factory or (lambda: ConfirmingPublisher(url, topology, APP_ID))
+        # Shared by the publishers that replace one another: one URL or one per cluster node,
+        # in a shuffled order; after a lost connection the next one is tried first.
+        endpoints = Endpoints(url, APP_ID) if factory is None else None
+        self._factory = factory or (lambda: ConfirmingPublisher(endpoints, topology, APP_ID))
         self._publisher: Any = None
         self._lock = threading.Lock()
 

@@ -1,8 +1,11 @@
 """RabbitMQ transport: the only module that imports pika.
 
 It knows connections, channels, topology, delivery tags and publisher confirms, and nothing about
-jobs or outcomes (it also browses and re-drives a queue for ``reactor deadletters``). ``reactor.consumer`` decides what happens to a message; this module carries it
-out on the wire.
+jobs or outcomes (it also browses and re-drives a queue for ``reactor deadletters``).
+``reactor.consumer`` decides what happens to a message; this module carries it out on the wire.
+A broker URL setting may name several nodes of a cluster (comma-separated):
+every client tries them in a shuffled order (``Endpoints``) and moves on to the next when one
+refuses or is lost.
 
 Why ``SelectConnection`` for consuming: its IO loop owns the socket in the main thread and keeps
 servicing heartbeats, confirms and signals however long the store takes, while messages are
@@ -69,6 +72,68 @@ def connection_parameters(url: str, name: str = "reactor") -> pika.URLParameters
     return params
 
 
+def broker_urls(url: str) -> list[str]:
+    """The URLs of a ``broker_url`` setting: one, or several separated by commas (one per
+    node of a cluster); ConfigError if there is none."""
+    urls = [u.strip() for u in (url or "").split(",") if u.strip()]
+    if not urls:
+        raise ConfigError("broker_url is empty: set REACTOR_BROKER_URL to an amqp:// URL, or "
+                          "to several separated by commas (one per cluster node)")
+    return urls
+
+
+class Endpoints:
+    """The broker URLs of one client in a shuffled order (so clients spread over the nodes),
+    with the one to try now; a failure moves on to the next.
+
+    ``failed`` tells whether every URL has now failed in a row (a round): only then is it
+    worth waiting before the next try, since another node may well answer at once."""
+
+    def __init__(self, url: str, name: str = "reactor",
+                 rng: random.Random | None = None):
+        pairs = [(connection_parameters(u, name), redact_url(u)) for u in broker_urls(url)]
+        (rng or random).shuffle(pairs)
+        self._pairs = pairs
+        self._index = 0
+        self._failures = 0
+
+    @classmethod
+    def of(cls, url: "str | Endpoints", name: str) -> "Endpoints":
+        """``url`` itself if it is already an ``Endpoints``, else its URLs shuffled."""
+        return url if isinstance(url, Endpoints) else cls(url, name)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    @property
+    def parameters(self) -> pika.URLParameters:
+        """Connection parameters of the URL to try now."""
+        return self._pairs[self._index][0]
+
+    @property
+    def url(self) -> str:
+        """The URL to try now, its password masked (for logs and errors)."""
+        return self._pairs[self._index][1]
+
+    @property
+    def urls(self) -> list[str]:
+        """Every URL, passwords masked, in the order they are tried."""
+        return [shown for _, shown in self._pairs]
+
+    def failed(self) -> bool:
+        """The current URL failed: move to the next; True once all failed in a row."""
+        self._index = (self._index + 1) % len(self._pairs)
+        self._failures += 1
+        if self._failures >= len(self._pairs):
+            self._failures = 0
+            return True
+        return False
+
+    def worked(self) -> None:
+        """The current URL works: a new round of failures starts from zero."""
+        self._failures = 0
+
+
 # --------------------------------------------------------------------------------- topology
 @dataclass(frozen=True)
 class Topology:
@@ -89,6 +154,9 @@ class Topology:
     queue_type: str = "classic"
     retry_delay_ms: int = 1000
     partitions: int = 0
+    # Quorum main queues: the broker's ``x-delivery-limit`` (redeliveries it allows before it
+    # dead-letters a message itself); None = no limit. Classic queues ignore it.
+    delivery_limit: int | None = None
 
     def __post_init__(self) -> None:
         for key in ("exchange", "queue", "dead_letter_queue", "retry_queue"):
@@ -108,6 +176,9 @@ class Topology:
                               "queue, else 1-1000 partition queues)")
         if self.retry_delay_ms < 1:
             raise ConfigError(f"bad value for 'retry_delay_ms': {self.retry_delay_ms!r}")
+        if self.delivery_limit is not None and self.delivery_limit < 0:
+            raise ConfigError(f"bad delivery limit {self.delivery_limit!r}: max_attempts must "
+                              "be at least 1")
 
     @classmethod
     def from_settings(cls, settings: Any, partitions: int | None = None) -> "Topology":
@@ -116,7 +187,7 @@ class Topology:
             partitions = settings.partitions
         return cls(settings.exchange, settings.queue, settings.dead_letter_queue,
                    settings.retry_queue, settings.queue_type, settings.retry_delay_ms,
-                   partitions)
+                   partitions, delivery_limit=settings.max_attempts - 1)
 
     @property
     def hash_exchange(self) -> str:
@@ -149,8 +220,38 @@ class Topology:
             return self.retry_queue
         return f"{self.retry_queue}.{queue.rsplit('.', 1)[1]}"
 
+    @property
+    def quorum(self) -> bool:
+        """True when every queue is a replicated quorum queue."""
+        return self.queue_type == "quorum"
+
+    def _dead_lettering(self, target: str) -> dict:
+        """Queue arguments that make the broker dead-letter to queue ``target``. On quorum
+        queues the default is at most once (a message is dropped if the target cannot take it,
+        say while its leader moves); at least once keeps it until the target confirmed, and
+        RabbitMQ allows that only together with reject-publish overflow (without a length
+        limit that rejects nothing)."""
+        args = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": target}
+        if self.quorum:
+            args.update({"x-dead-letter-strategy": "at-least-once",
+                         "x-overflow": "reject-publish"})
+        return args
+
+    def _main_arguments(self) -> dict:
+        """Arguments of a main queue beyond its type (partition, delivery limit)."""
+        args: dict = {"x-single-active-consumer": True} if self.partitions else {}
+        if self.quorum and self.delivery_limit is not None:
+            # A message that keeps killing its consumer (no outcome is ever recorded) is
+            # dead-lettered by the broker once it was delivered max_attempts times.
+            args["x-delivery-limit"] = self.delivery_limit
+            args.update(self._dead_lettering(self.dead_letter_queue))
+        return args
+
     def declarations(self) -> list[tuple[str, dict]]:
         """Channel method calls, in order, that create this topology (idempotent)."""
+        # Durable and neither exclusive nor auto-delete, which quorum queues require anyway.
+        # The dead-letter queue gets no delivery limit: browsing it (reactor deadletters)
+        # returns each message with a nack, which a quorum queue counts as a delivery.
         args = {"x-queue-type": self.queue_type}
         steps: list[tuple[str, dict]] = [
             ("exchange_declare", dict(exchange=self.exchange, exchange_type="fanout",
@@ -158,7 +259,7 @@ class Topology:
             ("queue_declare", dict(queue=self.dead_letter_queue, durable=True, arguments=args)),
         ]
         source = self.exchange
-        extra: dict = {}
+        extra = self._main_arguments()
         weight = ""
         if self.partitions:
             steps += [
@@ -168,7 +269,6 @@ class Topology:
                                        routing_key="")),
             ]
             source = self.hash_exchange
-            extra = {"x-single-active-consumer": True}
             weight = "1"  # equal share of the hash space per partition
         for queue in self.main_queues:
             steps += [
@@ -176,8 +276,7 @@ class Topology:
                 ("queue_bind", dict(queue=queue, exchange=source, routing_key=weight)),
                 ("queue_declare", dict(queue=self.retry_queue_for(queue), durable=True,
                                        arguments={**args, "x-message-ttl": self.retry_delay_ms,
-                                                  "x-dead-letter-exchange": "",
-                                                  "x-dead-letter-routing-key": queue})),
+                                                  **self._dead_lettering(queue)})),
             ]
         return steps
 
@@ -291,17 +390,18 @@ class Backoff:
 
 # --------------------------------------------------------------------------------- consuming
 class ConsumerTransport:
-    """One consuming connection at a time, reconnecting with backoff, one method per callback.
+    """One consuming connection at a time, reconnecting with backoff (to the next of its broker
+    URLs: one per node of a cluster), one method per callback.
 
     Public methods other than ``run`` may be called from any thread: they are queued onto the IO
     loop. ``on_delivery`` is called on the IO thread and must not block.
     """
 
-    def __init__(self, url: str, topology: Topology, queues: list[str], prefetch: int,
-                 on_delivery: Callable[[Delivery], None], *, backoff: Backoff | None = None,
-                 name: str = "reactor consume"):
-        self.parameters = connection_parameters(url, name)
-        self.url = redact_url(url)
+    def __init__(self, url: "str | Endpoints", topology: Topology, queues: list[str],
+                 prefetch: int, on_delivery: Callable[[Delivery], None], *,
+                 backoff: Backoff | None = None, name: str = "reactor consume"):
+        # One URL or several (cluster nodes): a lost or refused connection moves to the next.
+        self.endpoints = Endpoints.of(url, name)
         self.topology = topology
         self.queues = list(queues)
         self.prefetch = prefetch
@@ -313,7 +413,10 @@ class ConsumerTransport:
         self.generation = 0
         self._connection: pika.SelectConnection | None = None
         self._channel = None
-        self._consumer_tags: set[str] = set()
+        self._consumer_tags: dict[str, str] = {}  # queue -> our consumer tag on it
+        # Between resubscriptions after the broker cancelled us (so a broker that keeps
+        # cancelling is not asked again in a tight loop); reset once a subscription holds.
+        self._resubscribe_backoff = Backoff(initial=0.2, cap=5.0)
         self._publish_seq = 0
         self._pending: dict[int, Delivery] = {}  # publish seq -> delivery to ack on confirm
         # Delivery tags of the current channel not yet acked or nacked: a multiple-ack may
@@ -328,6 +431,16 @@ class ConsumerTransport:
         self._acks: list[tuple[list[Delivery], Callable[[], None] | None]] = []
         self._acks_scheduled = False
         self._acks_lock = threading.Lock()
+
+    @property
+    def parameters(self) -> pika.URLParameters:
+        """Connection parameters of the broker URL in use (or tried next)."""
+        return self.endpoints.parameters
+
+    @property
+    def url(self) -> str:
+        """The broker URL in use (or tried next), its password masked."""
+        return self.endpoints.url
 
     # --- thread-safe API -------------------------------------------------------------------
     def run(self) -> None:
@@ -423,7 +536,9 @@ class ConsumerTransport:
         elif _fatal(error):
             self._give_up(f"broker {self.url} refused the connection: {describe_close(error)}")
         else:
-            self._schedule_reconnect(f"cannot connect to {self.url}: {describe_close(error)}")
+            why = f"cannot connect to {self.url}: {describe_close(error)}"
+            # Another node may answer at once; wait only once every URL failed in a row.
+            self._schedule_reconnect(why, wait=self.endpoints.failed())
 
     def on_connection_closed(self, connection: Any, reason: BaseException) -> None:
         """Closed by us (finish) or lost (reconnect with backoff)."""
@@ -434,11 +549,15 @@ class ConsumerTransport:
         elif _fatal(reason) and self.status == "declaring":
             self._give_up(f"broker {self.url} refused the topology: {describe_close(reason)}")
         else:
-            self._schedule_reconnect(f"connection to {self.url} lost: {describe_close(reason)}")
+            why = f"connection to {self.url} lost: {describe_close(reason)}"
+            self.endpoints.failed()  # its node may be gone: the next URL first
+            self._schedule_reconnect(why)
 
-    def _schedule_reconnect(self, why: str) -> None:
-        delay = self.backoff.next()
+    def _schedule_reconnect(self, why: str, wait: bool = True) -> None:
+        delay = self.backoff.next() if wait else 0.0
         self.status = "reconnecting"
+        if len(self.endpoints) > 1:
+            why += f"; next: {self.url}"
         log.warning("%s; reconnecting in %.1fs", why, delay)
         self._reconnect_timer = self.ioloop.call_later(delay, self._connect)
 
@@ -488,6 +607,7 @@ class ConsumerTransport:
 
     def on_confirm_select_ok(self, _frame: Any) -> None:
         """Channel ready: consume unless paused or stopping."""
+        self.endpoints.worked()
         self.backoff.reset()
         if self._stopping:
             self._close()
@@ -523,23 +643,50 @@ class ConsumerTransport:
 
     # --- consuming -------------------------------------------------------------------------
     def _start_consuming(self) -> None:
-        for queue in self.queues:
-            tag = self._channel.basic_consume(queue, functools.partial(self.on_message, queue))
-            self._consumer_tags.add(tag)
+        """Subscribe to every queue we are not subscribed to yet."""
+        missing = [q for q in self.queues if q not in self._consumer_tags]
+        for queue in missing:
+            self._subscribe(queue)
         self.status = "consuming"
-        log.info("consuming from %s (prefetch %d)", ", ".join(self.queues), self.prefetch)
+        if missing:
+            log.info("consuming from %s (prefetch %d) on %s", ", ".join(missing),
+                     self.prefetch, self.url)
+
+    def _subscribe(self, queue: str) -> None:
+        self._consumer_tags[queue] = self._channel.basic_consume(
+            queue, functools.partial(self.on_message, queue), callback=self.on_consume_ok)
+
+    def on_consume_ok(self, _frame: Any) -> None:
+        """A subscription holds: later cancels start again from the shortest wait."""
+        self._resubscribe_backoff.reset()
 
     def _cancel_consumers(self) -> None:
         if self._channel is not None and self._channel.is_open:
-            for tag in self._consumer_tags:
+            for tag in self._consumer_tags.values():
                 self._channel.basic_cancel(tag)
         self._consumer_tags.clear()
 
     def on_consumer_cancelled(self, frame: Any) -> None:
-        """The broker cancelled us (queue deleted, failover): start over on a new channel."""
-        log.warning("consumer cancelled by the broker: %s", frame.method)
-        if self._channel is not None and self._channel.is_open:
-            self._channel.close()
+        """The broker cancelled a subscription (queue deleted, leader moved, node going away):
+        subscribe again on the same channel after a short wait. Deliveries we hold stay ours
+        (their tags belong to the channel, not the subscription). If the queue is gone, the
+        broker closes the channel and we reconnect, which declares it again."""
+        tag = frame.method.consumer_tag
+        queue = next((q for q, t in self._consumer_tags.items() if t == tag), None)
+        if queue is None:
+            return  # not one of ours any more (we cancelled it ourselves meanwhile)
+        del self._consumer_tags[queue]
+        delay = self._resubscribe_backoff.next()
+        log.warning("the broker cancelled our subscription to %s; subscribing again in "
+                    "%.1fs", queue, delay)
+        self.ioloop.call_later(delay, functools.partial(self._resubscribe, self._channel))
+
+    def _resubscribe(self, channel: Any) -> None:
+        # Only on the channel the cancel came on, and not while paused or stopping: resume
+        # (or the next channel) subscribes to whatever is missing.
+        if channel is self._channel and channel.is_open and not self._stopping \
+                and not self._closing and self.status == "consuming":
+            self._start_consuming()
 
     def on_message(self, queue: str, channel: Any, method: Any, properties: Any,
                    body: bytes) -> None:
@@ -653,9 +800,7 @@ class ConsumerTransport:
             return
         self._paused = False
         if self.status == "paused" and not self._stopping and self._channel is not None:
-            self.status = "consuming"
-            if not self._consumer_tags:
-                self._start_consuming()
+            self._start_consuming()  # whatever is not subscribed (all, or cancelled ones)
             log.info("resumed consuming")
 
     def _begin_stop(self, grace_s: float) -> None:
@@ -693,17 +838,49 @@ class ConsumerTransport:
 
 
 # --------------------------------------------------------------------------------- publishing
-class ConfirmingPublisher:
-    """A blocking channel in confirm mode: each ``publish`` returns once the broker confirmed."""
+class BrokerRefused(BrokerError):
+    """The broker refused us for good (credentials, permissions, a conflicting declaration, a
+    missing plugin): trying again, or another node, cannot help."""
 
-    def __init__(self, url: str, topology: Topology | None = None,
-                 name: str = "reactor publish"):
-        params = connection_parameters(url, name)
-        self.url = redact_url(url)
+
+def _refusal(message: str, reason: BaseException) -> BrokerError:
+    """``BrokerRefused`` if ``reason`` is a refusal for good, else a plain ``BrokerError``."""
+    return (BrokerRefused if _fatal(reason) else BrokerError)(message)
+
+
+def _open_blocking(endpoints: Endpoints) -> pika.BlockingConnection:
+    """A connection to the first URL of ``endpoints`` that answers (each tried once, from the
+    current one on); BrokerError naming every failure."""
+    failures = []
+    for _ in range(len(endpoints)):
+        url = endpoints.url
         try:
-            self._connection = pika.BlockingConnection(params)
+            connection = pika.BlockingConnection(endpoints.parameters)
         except pika.exceptions.AMQPError as exc:
-            raise BrokerError(f"cannot connect to {self.url}: {describe_close(exc)}") from None
+            failures.append(f"{url}: {describe_close(exc)}")
+            if _fatal(exc):  # the same credentials would be refused by every node
+                raise BrokerRefused(f"cannot connect to {failures[-1]}") from None
+            endpoints.failed()
+            continue
+        endpoints.worked()
+        return connection
+    if len(failures) == 1:
+        raise BrokerError(f"cannot connect to {failures[0]}")
+    raise BrokerError(f"cannot connect to any of the {len(failures)} broker URLs: "
+                      + "; ".join(failures))
+
+
+class ConfirmingPublisher:
+    """A blocking channel in confirm mode: each ``publish`` returns once the broker confirmed.
+
+    ``url`` may name several brokers (comma-separated, or an ``Endpoints`` shared by the
+    publishers that replace one another): the first that answers is used."""
+
+    def __init__(self, url: "str | Endpoints", topology: Topology | None = None,
+                 name: str = "reactor publish"):
+        self._endpoints = Endpoints.of(url, name)
+        self._connection = _open_blocking(self._endpoints)
+        self.url = self._endpoints.url
         try:
             self._channel = self._connection.channel()
             if topology is not None:
@@ -711,8 +888,13 @@ class ConfirmingPublisher:
             self._channel.confirm_delivery()
         except pika.exceptions.AMQPError as exc:
             self.close()
-            raise BrokerError(f"broker {self.url} refused the topology: "
-                              f"{describe_close(exc)}") from None
+            raise _refusal(f"broker {self.url} refused the topology: {describe_close(exc)}",
+                           exc) from None
+
+    def _lost(self) -> None:
+        # The next publisher on these endpoints starts with another node.
+        if self._endpoints.url == self.url and len(self._endpoints) > 1:
+            self._endpoints.failed()
 
     def publish(self, exchange: str, routing_key: str, body: bytes,
                 properties: Mapping[str, Any]) -> None:
@@ -726,7 +908,9 @@ class ConfirmingPublisher:
         except pika.exceptions.NackError:
             raise BrokerError("the broker refused the message (negative confirm)") from None
         except pika.exceptions.AMQPError as exc:
-            raise BrokerError(f"publishing failed: {describe_close(exc)}") from None
+            if not self.is_open:
+                self._lost()
+            raise BrokerError(f"publishing to {self.url} failed: {describe_close(exc)}") from None
 
     @property
     def is_open(self) -> bool:
@@ -740,8 +924,11 @@ class ConfirmingPublisher:
         try:
             self._connection.process_data_events(time_limit=0)
         except pika.exceptions.AMQPError as exc:
-            raise BrokerError(f"broker connection lost: {describe_close(exc)}") from None
+            self._lost()
+            raise BrokerError(f"broker connection to {self.url} lost: "
+                              f"{describe_close(exc)}") from None
         if not self.is_open:
+            self._lost()
             raise BrokerError(f"broker connection to {self.url} is closed")
 
     def close(self) -> None:
@@ -805,11 +992,15 @@ class RedriveResult:
 
 
 def _blocking_channel(url: str, name: str) -> tuple[Any, Any]:
+    """A connection (to the first of the URLs that answers, in a shuffled order) and a channel."""
+    endpoints = Endpoints(url, name)
+    connection = _open_blocking(endpoints)
     try:
-        connection = pika.BlockingConnection(connection_parameters(url, name))
         return connection, connection.channel()
     except pika.exceptions.AMQPError as exc:
-        raise BrokerError(f"cannot connect to {redact_url(url)}: {describe_close(exc)}") from None
+        _close_connection(connection)
+        raise BrokerError(f"cannot open a channel on {endpoints.url}: "
+                          f"{describe_close(exc)}") from None
 
 
 def _close_connection(connection: Any) -> None:

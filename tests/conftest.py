@@ -9,6 +9,7 @@ import os
 import subprocess
 import uuid as _uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -35,8 +36,9 @@ def _start_services() -> dict[str, str]:
     global _service_env, _service_error
     if _service_env is None and _service_error is None:
         try:
+            # 1800 s: a first start builds SecantusDB (minutes on two cores).
             out = subprocess.run(["bash", str(SERVICES), "start"], capture_output=True, text=True,
-                                 timeout=600, env=os.environ.copy())
+                                 timeout=1800, env=os.environ.copy())
         except (OSError, subprocess.TimeoutExpired) as exc:
             _service_error = f"scripts/services.sh start failed: {exc}"
         else:
@@ -44,13 +46,7 @@ def _start_services() -> dict[str, str]:
                 _service_error = ("scripts/services.sh start exited "
                                   f"{out.returncode}: {out.stderr.strip()[-800:]}")
             else:
-                env = {}
-                for line in out.stdout.splitlines():
-                    line = line.strip()
-                    if line.startswith("export ") and "=" in line:
-                        k, v = line[len("export "):].split("=", 1)
-                        env[k] = v.strip("'\"")
-                _service_env = env
+                _service_env = _exported(out.stdout)
     if _service_error:
         return {}
     return _service_env or {}
@@ -81,10 +77,10 @@ def isolated_cwd(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def mongo_uri() -> str:
-    """URI of a MongoDB-wire server: MONGODB_URI, else the FerretDB that services.sh starts."""
+    """URI of a MongoDB-wire server: MONGODB_URI, else the SecantusDB that services.sh starts."""
     uri = os.environ.get("MONGODB_URI") or _start_services().get("MONGODB_URI")
     if not uri:
-        missing("MongoDB-wire server", _service_error or "MONGODB_URI unset and no FerretDB")
+        missing("MongoDB-wire server", _service_error or "MONGODB_URI unset and no SecantusDB")
     import pymongo
 
     try:
@@ -107,6 +103,54 @@ def amqp_url() -> str:
     except Exception as exc:  # noqa: BLE001
         missing("RabbitMQ", f"{url} refuses connections: {exc}")
     return url
+
+
+# --- a 3-node RabbitMQ cluster (tests/test_cluster.py) ----------------------------------------
+class AmqpCluster(NamedTuple):
+    """The RabbitMQ cluster of ``scripts/services.sh start rabbitmq-cluster``: one AMQP URL
+    and one node name per node, in node order."""
+
+    urls: list[str]
+    nodes: list[str]
+
+
+def _exported(stdout: str) -> dict[str, str]:
+    """The ``export NAME=value`` lines of services.sh as a dict."""
+    found = {}
+    for line in stdout.splitlines():
+        if line.startswith("export ") and "=" in line:
+            name, value = line[len("export "):].split("=", 1)
+            found[name] = value.strip().strip("'\"")
+    return found
+
+
+@pytest.fixture(scope="session")
+def amqp_cluster() -> AmqpCluster:
+    """A 3-node RabbitMQ cluster, started (or reused) through scripts/services.sh."""
+    what = "a 3-node RabbitMQ cluster"
+    try:
+        # 1800 s: services.sh may wait that long for its lock (another start building a server).
+        out = subprocess.run(["bash", str(SERVICES), "start", "rabbitmq-cluster"],
+                             capture_output=True, text=True, timeout=1800, env=os.environ.copy())
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        missing(what, f"scripts/services.sh start rabbitmq-cluster failed: {exc}")
+    if out.returncode != 0:
+        missing(what, f"scripts/services.sh start rabbitmq-cluster exited {out.returncode}: "
+                f"{out.stderr.strip()[-800:]}")
+    env = _exported(out.stdout)
+    urls = [u for u in env.get("AMQP_CLUSTER_URLS", "").split(",") if u]
+    nodes = [n for n in env.get("AMQP_CLUSTER_NODES", "").split(",") if n]
+    if len(urls) < 3 or len(nodes) != len(urls):
+        missing(what, f"services.sh printed {len(urls)} URL(s) and {len(nodes)} node name(s); "
+                "the tests need 3 or more of each, one name per URL (AMQP_CLUSTER_NODES)")
+    import pika
+
+    for url in urls:
+        try:
+            pika.BlockingConnection(pika.URLParameters(url)).close()
+        except Exception as exc:  # noqa: BLE001 - any failure means the node is unusable
+            missing(what, f"a node refuses connections: {exc}")
+    return AmqpCluster(urls, nodes)
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@
 workloads with their in-order oracle, and private servers for fault injection."""
 from __future__ import annotations
 
+import functools
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -290,8 +290,8 @@ class Workload:
                 data = {"step": step}
                 per_job[uuid].append((name, data))
                 body = event(uuid, name, token, data)
-                # Short ids keep history entries small: FerretDB's SQLite backend scans whole
-                # documents on every query, so entry size is test time.
+                # Short ids keep history entries small: every event rewrites its job's record,
+                # history included, so entry size is test time.
                 messages.append(OutgoingMessage(f"{uuid}#{step}", body, uuid,
                                                 f"{run}.{n}.{step}"))
         return cls(jobs, per_job, messages)
@@ -356,55 +356,79 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ferretdb_binary() -> str | None:
-    """A FerretDB binary that runs (plain ``go install`` builds panic at start-up)."""
-    candidates = [os.environ.get("FERRETDB_BIN", "")]
-    for state in (os.environ.get("REACTOR_SERVICES_DIR", ""), str(ROOT / ".services")):
-        if state:
-            candidates.append(os.path.join(state, "bin", "ferretdb"))
-    candidates += [shutil.which("ferretdb") or "", os.path.expanduser("~/go/bin/ferretdb")]
-    for path in candidates:
-        if path and os.access(path, os.X_OK):
-            ok = subprocess.run([path, "--version"], capture_output=True, timeout=30)
-            if ok.returncode == 0:
-                return path
-    return None
+@functools.lru_cache(maxsize=None)
+def secantus_binary() -> str:
+    """The path of the SecantusDB server that scripts/services.sh runs (built when absent)."""
+    # The same lookup as the shared server (SECANTUS_BIN, else the cached build), so private
+    # servers run exactly what the rest of the suite runs.
+    out = subprocess.run(["bash", str(SERVICES), "binary", "secantusdb"], capture_output=True,
+                         text=True, timeout=2400)  # a first build takes minutes
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        missing("a SecantusDB server for a private server",
+                f"scripts/services.sh binary secantusdb exited {out.returncode}: "
+                f"{out.stderr.strip()[-600:]}")
+    return lines[-1]
 
 
-class PrivateFerretDB:
-    """A FerretDB of the test's own, on its own port and data directory, to stop and start."""
+class PrivateSecantusDB:
+    """A SecantusDB of the test's own, on its own port and data directory, to stop, kill -9 and
+    start again on the same data."""
 
-    def __init__(self, binary: str, directory: Path):
+    def __init__(self, binary: str, directory: Path, database: str = "outage"):
         self.binary = binary
         self.dir = directory
+        self.data = directory / "data"
+        self.log = directory / "secantusdb.log"
         self.port = free_port()
-        self.uri = f"mongodb://127.0.0.1:{self.port}/outage"
+        self.uri = f"mongodb://127.0.0.1:{self.port}/{database}"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
+        """Start the server (again: same port, same data) and wait until it answers ping."""
+        assert self.proc is None or self.proc.poll() is not None, "private SecantusDB is running"
         self.dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.dir / "ferretdb.log", "ab")
-        self.proc = subprocess.Popen(
-            [self.binary, "--handler=sqlite", f"--sqlite-url=file:{self.dir}/",
-             f"--state-dir={self.dir}", f"--listen-addr=127.0.0.1:{self.port}",
-             "--telemetry=disable", "--debug-addr=-"], stdout=log, stderr=log,
-            start_new_session=True)
-        log.close()
+        with open(self.log, "ab") as log:
+            # --sync-on-commit: a j:true write is an fsync, so a kill -9 loses no acknowledged
+            # write; a small cache, because a test server holds little. cwd: no stray
+            # ./secantusd.toml of the caller's is read.
+            self.proc = subprocess.Popen(
+                [self.binary, "--host", "127.0.0.1", "--port", str(self.port),
+                 "--storage-path", str(self.data), "--sync-on-commit", "--cache-size", "256M"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.dir,
+                start_new_session=True)
+        wait_until(self._answers, 120, f"the private SecantusDB on port {self.port} to answer ping")
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise AssertionError(f"private SecantusDB exited with code {self.proc.returncode} "
+                                 f"during start-up; its log ends:\n{tail}")
         import pymongo
 
-        def answers():
-            try:
-                pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=500).admin.command("ping")
-                return True
-            except Exception:  # noqa: BLE001
-                assert self.proc.poll() is None, "private FerretDB exited during start-up"
-                return False
-        wait_until(answers, 60, "the private FerretDB to answer ping")
+        client = pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=500)
+        try:
+            client.admin.command("ping")
+            return True
+        except pymongo.errors.PyMongoError:
+            return False
+        finally:
+            client.close()
 
     def stop(self) -> None:
+        """SIGTERM (an orderly shutdown) and wait; a no-op when it is not running."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to flush or close anything."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class PrivateBroker:
@@ -431,12 +455,8 @@ class PrivateBroker:
         self._run("stop")
 
 
-def start_private_ferretdb(directory: Path) -> PrivateFerretDB:
-    """A FerretDB of the test's own (so stopping it affects no other test), started."""
-    binary = ferretdb_binary()
-    if binary is None:
-        missing("a FerretDB binary for a private server", "none runs (set FERRETDB_BIN, or run "
-                "scripts/services.sh start once to build one)")
-    ferret = PrivateFerretDB(binary, directory)
-    ferret.start()
-    return ferret
+def start_private_secantus(directory: Path, database: str = "outage") -> PrivateSecantusDB:
+    """A started SecantusDB of the test's own (stopping or killing it affects no other test)."""
+    server = PrivateSecantusDB(secantus_binary(), directory, database)
+    server.start()
+    return server

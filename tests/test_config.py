@@ -189,3 +189,36 @@ def test_config_yml_shows_every_key_and_loads_as_the_defaults():
     assert not missing, f"config.yml does not show these keys: {missing}"
     loaded = config.load({}, path=Path(__file__).resolve().parents[1] / "config.yml")
     assert dict(loaded.values) == {k.name: k.default for k in config.KEYS}
+
+
+# --------------------------------------------------------------- several broker URLs, quorum
+NODES = ["amqp://u:pw1@10.0.0.1:5672/%2F", "amqp://u:pw2@10.0.0.2:5672/%2F"]
+
+
+def test_broker_url_as_a_yaml_list_reads_as_the_comma_separated_variable(tmp_path):
+    path = _write(tmp_path, "broker_url:\n" + "".join(f"  - {u}\n" for u in NODES))
+    from_file = config.load(env={}, path=path).broker_url
+    from_env = config.load(env={"REACTOR_BROKER_URL": ",".join(NODES)}).broker_url
+    assert from_file == from_env == ",".join(NODES)
+    from reactor.transport import broker_urls
+
+    assert broker_urls(from_file) == NODES
+    assert broker_urls(f" {NODES[0]} ,, {NODES[1]} ") == NODES
+
+
+@pytest.mark.parametrize("entry", ["7", "''", "'amqp://a/,amqp://b/'"])
+def test_a_bad_broker_url_list_entry_is_named_without_showing_the_urls(tmp_path, entry):
+    path = _write(tmp_path, f"broker_url:\n  - {NODES[0]}\n  - {entry}\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(env={}, path=path)
+    assert "'broker_url'" in str(info.value) and "entry 2" in str(info.value)
+    assert "pw1" not in str(info.value)
+
+
+def test_quorum_topology_takes_its_delivery_limit_from_max_attempts():
+    from reactor.transport import Topology
+
+    s = config.load(env={"REACTOR_QUEUE_TYPE": "quorum", "REACTOR_MAX_ATTEMPTS": "4"})
+    topology = Topology.from_settings(s)
+    assert topology.quorum and topology.delivery_limit == 3  # 1 delivery + 3 redeliveries
+    assert not Topology.from_settings(config.load(env={})).quorum

@@ -1,5 +1,6 @@
 """The consumer under faults, as a real ``reactor consume`` subprocess: kill -9, broker restart,
-store outage, SIGTERM, several consumers. Every test states its counts when it fails.
+store outage, store crash (SecantusDB killed with SIGKILL), SIGTERM, several consumers. Every
+test states its counts when it fails.
 
 No test depends on how fast the consumer drains: a fault is made to meet work by publishing
 part of the workload while the consumer is frozen (SIGSTOP) or the store is down, never by
@@ -21,8 +22,9 @@ import pytest
 
 from conftest import missing
 from queue_helpers import (PrivateBroker, QueueSetup, Workload, count_lines, freeze, make_jobs,
-                           queue_depth, start_private_ferretdb, stop, thaw, total_depth,
+                           queue_depth, start_private_secantus, stop, thaw, total_depth,
                            wait_subscribed, wait_until, while_running)
+from reactor.messages import duplicate_key
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.mongo]
 
@@ -56,6 +58,14 @@ def _finish(setup: QueueSetup, work: Workload, *procs, timeout_s: float = 300) -
                "the main queue to drain")
     wait_until(while_running(lambda: work.applied(setup.app) == work.sent, *procs), timeout_s,
                f"all {work.sent} events applied", interval_s=1.0)
+
+
+def _status(health: Path) -> str | None:
+    """The consumer's status from its health file (None while there is none)."""
+    try:
+        return json.loads(health.read_text())["status"]
+    except (OSError, ValueError):
+        return None
 
 
 def _assert_clean(setup: QueueSetup, counts: str) -> None:
@@ -158,8 +168,8 @@ def test_broker_restart_mid_run_reconnects_and_loses_nothing(private_broker, mon
 @BATCH_SIZES
 def test_store_outage_pauses_consuming_and_resumes_without_loss(amqp_url, tmp_path,
                                                                 batch_size):
-    ferret = start_private_ferretdb(tmp_path / "ferretdb")
-    setup = QueueSetup(amqp_url, ferret.uri, tmp_path,
+    server = start_private_secantus(tmp_path / "secantusdb")
+    setup = QueueSetup(amqp_url, server.uri, tmp_path,
                        overrides={"server_selection_timeout_ms": 500, "batch_size": batch_size})
     try:
         work = Workload.build(make_jobs(setup.app, 10, "outage"), 40)
@@ -172,16 +182,10 @@ def test_store_outage_pauses_consuming_and_resumes_without_loss(amqp_url, tmp_pa
                    "the first half applied before the outage")
         # The rest arrives during the outage, so the outage meets work however fast the first
         # half went.
-        ferret.stop()
+        server.stop()
         stopped = time.monotonic()
         second.publish(setup)
-
-        def status():
-            try:
-                return json.loads(health.read_text())["status"]
-            except (OSError, ValueError):
-                return None
-        wait_until(while_running(lambda: status() == "paused", proc), 60,
+        wait_until(while_running(lambda: _status(health) == "paused", proc), 60,
                    "the consumer to pause")
         # Paused: it took some deliveries (held, unacked) and stopped taking more.
         held = queue_depth(setup.amqp_url, queue)
@@ -193,8 +197,8 @@ def test_store_outage_pauses_consuming_and_resumes_without_loss(amqp_url, tmp_pa
                  f"dead_or_retried_while_paused={forwarded}"
         assert 0 < held < second.sent, outage
         assert forwarded == 0, f"nothing may be given up while the store is down: {outage}"
-        ferret.start()
-        wait_until(while_running(lambda: status() == "consuming", proc), 60,
+        server.start()
+        wait_until(while_running(lambda: _status(health) == "consuming", proc), 60,
                    "the consumer to resume")
         _finish(setup, work, proc)
         code = stop(proc)
@@ -206,7 +210,66 @@ def test_store_outage_pauses_consuming_and_resumes_without_loss(amqp_url, tmp_pa
         _assert_clean(setup, counts)
     finally:
         setup.close()
-        ferret.stop()
+        server.stop()
+
+
+def _history_keys(setup: QueueSetup, work: Workload) -> tuple[int, int]:
+    """(sent events missing from their job's history, history keys present more than once)."""
+    sent: dict[str, set[str]] = {u: set() for u, _ in work.jobs}
+    for m in work.messages:
+        sent[m.routing_key].add(duplicate_key(m.body, m.message_id))
+    missing_keys = repeated = 0
+    for uuid, keys in sent.items():
+        stored = [h.get("key") for h in setup.app.store.get_job(uuid)["history"][1:]]
+        missing_keys += len(keys - set(stored))
+        repeated += len(stored) - len(set(stored))
+    return missing_keys, repeated
+
+
+@pytest.mark.slow
+@BATCH_SIZES
+def test_store_killed_mid_run_loses_no_acked_event_and_applies_none_twice(amqp_url, tmp_path,
+                                                                          batch_size):
+    seed = random.randrange(1 << 30)
+    server = start_private_secantus(tmp_path / "secantusdb", "crash")
+    setup = QueueSetup(amqp_url, server.uri, tmp_path,
+                       overrides={"server_selection_timeout_ms": 500, "batch_size": batch_size})
+    try:
+        work = Workload.build(make_jobs(setup.app, 40, "storecrash"), 50)
+        assert work.sent == 2000
+        first, second = work.steps(0, 25), work.steps(25, 50)
+        first.publish(setup)
+        health = tmp_path / "health.json"
+        proc = setup.start_consumer("--health-file", str(health), "--health-interval", "0.2")
+        # SIGKILL the store while the consumer works through the first half (at a random point
+        # of it, so commits are in flight), then queue the second half: the crash meets work
+        # however fast the first half went.
+        progress = random.Random(seed).randrange(100, first.sent - 100)
+        wait_until(while_running(lambda: first.applied(setup.app) >= progress, proc), 300,
+                   f"{progress} events applied before the crash")
+        server.kill()
+        second.publish(setup)
+        wait_until(while_running(lambda: _status(health) == "paused", proc), 60,
+                   "the consumer to pause while the store is down")
+        server.start()  # same port, same data directory: WiredTiger recovers from its log
+        _finish(setup, work, proc)
+        alive = proc.poll() is None
+        code = stop(proc)
+        # Every message ends acked (the queues are empty, checked below) and an acked message
+        # never comes back, so a key missing from its job's history is an acked event the
+        # crash lost.
+        missing_keys, repeated = _history_keys(setup, work)
+        counts = _counts(setup, work, seed=seed, killed_after=progress, lost=missing_keys,
+                         duplicate_keys=repeated)
+        assert alive and code == 0, f"the consumer must ride out a store crash: {counts}"
+        assert "paused consuming" in setup.logs(), counts
+        assert missing_keys == 0, f"acknowledged events lost in the crash: {counts}"
+        assert repeated == 0, f"events applied twice: {counts}"
+        work.check(setup.app, counts)  # revision = 1 + events, every job in its final state
+        _assert_clean(setup, counts)
+    finally:
+        setup.close()
+        server.stop()
 
 
 def _frozen_mid_run(setup: QueueSetup, label: str, progress: int):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime, timedelta, timezone
 
 import pymongo
 import pytest
@@ -216,80 +215,8 @@ def test_two_changes_for_one_job_in_one_batch_are_refused(jobs):
         jobs.store.commit_events(42)
 
 
-def test_mongo_batch_takes_and_releases_job_locks_and_waits_out_a_busy_one(mongo_store_uri):
-    store = open_store(mongo_store_uri, job_locks="on")
-    try:
-        made = [store.create_job(records.new_job_record(
-            uuid=typed_uuid("pipelinejob", f"locks {n}"), pipeline_uuid=typed_uuid(
-                "pipeline", "p"), data={"n": n}, date=T1))[0]["uuid"] for n in range(4)]
-        client = pymongo.MongoClient(mongo_store_uri, serverSelectionTimeoutMS=3000)
-        locks = client.get_default_database()["job_locks"]
-        # A lock left behind by a writer that crashed: the batch must not wait on it while
-        # holding the others, and the one-by-one path breaks it once it is past its lease.
-        stale = datetime.now(timezone.utc) - timedelta(seconds=60)
-        locks.insert_many([{"_id": made[1], "owner": "crashed", "at": stale},
-                           {"_id": made[2], "owner": "crashed", "at": stale}])
-        results = store.commit_events([(u, "CREATED", "RUNNING", entry("run", key=f"k{i}"))
-                                       for i, u in enumerate(made)])
-        assert [r["state"] for r in results] == ["RUNNING"] * 4
-        assert [store.get_job(u)["revision"] for u in made] == [2, 2, 2, 2]
-        assert locks.count_documents({}) == 0
-        client.close()
-    finally:
-        store.close()
-
-
-def test_mongo_batch_leaves_a_job_held_by_a_live_writer_uncommitted(mongo_store_uri,
-                                                                     monkeypatch):
-    from reactor.store import mongo
-
-    monkeypatch.setattr(mongo, "LOCK_WAIT_S", 0.3)
-    store = open_store(mongo_store_uri, job_locks="on")
-    client = pymongo.MongoClient(mongo_store_uri, serverSelectionTimeoutMS=3000)
-    try:
-        made = [store.create_job(records.new_job_record(
-            uuid=typed_uuid("pipelinejob", f"live {n}"), pipeline_uuid=typed_uuid(
-                "pipeline", "p"), data={"n": n}, date=T1))[0]["uuid"] for n in range(3)]
-        locks = client.get_default_database()["job_locks"]
-        locks.insert_one({"_id": made[1], "owner": "alive", "at": datetime.now(timezone.utc)})
-        results = store.commit_events([(u, "CREATED", "RUNNING", entry("run", key=f"k{i}"))
-                                       for i, u in enumerate(made)])
-        assert [r and r["state"] for r in results] == ["RUNNING", None, "RUNNING"]
-        assert store.get_job(made[1])["revision"] == 1  # untouched while another holds it
-        assert [lock["owner"] for lock in locks.find()] == ["alive"]  # a live lock stays
-        locks.delete_one({"_id": made[1]})
-        assert store.commit_events([(made[1], "CREATED", "RUNNING", entry("run", key="k1"))]
-                                   )[0]["revision"] == 2
-    finally:
-        client.close()
-        store.close()
-
-
-def test_mongo_lock_modes_commit_alike(mongo_store_uri):
-    """Locks off is the MongoDB path (compare-and-set filters); on FerretDB it runs too, one
-    writer at a time, so both paths can be compared on the same server."""
-    outs = []
-    for mode in ("on", "off"):
-        store = open_store(mongo_store_uri, job_locks=mode)
-        try:
-            uuids = [store.create_job(records.new_job_record(
-                uuid=typed_uuid("pipelinejob", f"{mode} {n}"), pipeline_uuid=typed_uuid(
-                    "pipeline", "p"), data={"n": n}, date=T1))[0]["uuid"] for n in range(3)]
-            store.commit_event(uuids[2], "CREATED", "CREATED", entry("update", key="seen"))
-            batch = store.commit_events([
-                (uuids[0], "CREATED", "RUNNING", entry("run", key="k0")),
-                (uuids[1], "RUNNING", "FINISHED", entry("finish", key="k1")),
-                (uuids[2], "CREATED", "CREATED", entry("update", key="seen"))])
-            single = store.commit_event(uuids[1], "CREATED", "RUNNING", entry("run", key="k1"))
-            assert batch[0] == store.get_job(uuids[0]) and single == store.get_job(uuids[1])
-            outs.append([same_shape(r, u) for r, u in zip(batch + [single], uuids + uuids[1:2])])
-        finally:
-            store.close()
-    assert outs[0] == outs[1]
-    assert [r is not None for r in outs[0]] == [True, False, False, True]
-
-
 def test_mongo_job_documents_are_keyed_by_uuid(mongo_store_uri):
+    """New documents keep ``_id`` = uuid, the layout the release before reads by."""
     store = open_store(mongo_store_uri)
     client = pymongo.MongoClient(mongo_store_uri, serverSelectionTimeoutMS=3000)
     try:

@@ -6,7 +6,7 @@ import json
 import socket
 import sqlite3
 import uuid as _uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import pymongo
 import pytest
@@ -15,6 +15,7 @@ from reactor import records
 from reactor.errors import StoreError, StoreUnavailable
 from reactor.identifiers import job_uuid, pipeline_uuid, typed_uuid
 from reactor.store import open_store
+from reactor.store.bson_codec import encode_job
 
 PIPELINE = pipeline_uuid("store-tests")
 T0 = "2024-01-01T00:00:00.000Z"
@@ -158,6 +159,80 @@ def test_commit_event_misses_on_a_repeated_key(store):
     assert [h.get("key") for h in final["history"]] == [None, "msg-1", "msg-2", "msg-3", None]
 
 
+def test_a_repeated_key_is_refused_among_many_entries_single_and_batch(store):
+    """The duplicate-key filter over long histories: every key already in a job's history is
+    refused (first, middle, last, amid unkeyed entries), one by one and in a batch; a new key
+    is accepted, also one that is only a value inside another entry's data or another job's
+    key."""
+    made = [job_record(300 + n) for n in range(3)]
+    for record in made:
+        store.create_job(record)
+    uuids = [r["uuid"] for r in made]
+    history_keys = [None if n % 10 == 9 else f"k{n}" for n in range(120)]
+    for n, key in enumerate(history_keys):
+        done = store.commit_events([(u, "CREATED", "CREATED", entry(data={"key": f"v{n}"},
+                                                                    key=key)) for u in uuids])
+        assert all(done)
+    for key in ("k0", "k57", "k118"):
+        assert store.commit_event(uuids[0], "CREATED", "CREATED", entry(key=key)) is None
+    batch = store.commit_events([(uuids[0], "CREATED", "CREATED", entry(key="k1")),
+                                 (uuids[1], "CREATED", "CREATED", entry(key="new")),
+                                 (uuids[2], "CREATED", "CREATED", entry(key="k118"))])
+    assert [r is not None for r in batch] == [False, True, False]
+    assert store.commit_event(uuids[1], "CREATED", "CREATED", entry(key="new")) is None
+    assert store.commit_events([(uuids[1], "CREATED", "CREATED", entry(key="new"))]) == [None]
+    assert store.commit_event(uuids[2], "CREATED", "CREATED", entry(key="v5"))  # data only
+    assert store.commit_events([(uuids[0], "CREATED", "CREATED", entry(key="new"))])[0]
+    finals = [store.get_job(u) for u in uuids]
+    assert [f["revision"] for f in finals] == [122, 122, 122]
+    expected = [None, *history_keys]
+    assert [[h.get("key") for h in f["history"]] for f in finals] == [
+        expected + ["new"], expected + ["new"], expected + ["v5"]]
+
+
+def test_mongo_jobs_of_both_stored_layouts_are_read_committed_and_deleted(mongo_store_uri):
+    """Job documents written by earlier releases, ObjectId ``_id`` (the first layout) and
+    ``_id`` = uuid, behave like new ones: read, listed, committed one by one and in a batch,
+    refused as a second copy, hidden, deleted and unlinked."""
+    from bson import ObjectId
+
+    first = job_record(400, archive_path="/layouts/first")
+    keyed = job_record(401, archive_path="/layouts/keyed")
+    linking = job_record(402, child_of=[first["uuid"], keyed["uuid"]])
+    store = open_store(mongo_store_uri)  # the indexes every release created
+    client = pymongo.MongoClient(mongo_store_uri, serverSelectionTimeoutMS=3000)
+    try:
+        raw = client.get_default_database().jobs
+        raw.insert_one({**encode_job(first), "_id": ObjectId()})
+        raw.insert_one({**encode_job(keyed), "_id": keyed["uuid"]})
+        store.create_job(linking)
+        for record in (first, keyed):
+            assert store.get_job(record["uuid"]) == record
+            assert store.get_job(record["uuid"], with_history=False) == _no_history(record)
+            assert store.create_job(record) == (record, False)
+        assert {j["uuid"] for j in store.list_jobs()} == {first["uuid"], keyed["uuid"],
+                                                           linking["uuid"]}
+        assert store.archive_owners("/layouts") == sorted(
+            [(first["uuid"], "/layouts/first"), (keyed["uuid"], "/layouts/keyed")])
+        one = store.commit_event(first["uuid"], "CREATED", "RUNNING", entry("run", key="r"))
+        assert one == store.get_job(first["uuid"]) and one["revision"] == 2
+        assert store.commit_event(first["uuid"], "RUNNING", "RUNNING", entry(key="r")) is None
+        batch = store.commit_events([
+            (first["uuid"], "RUNNING", "FINISHED", entry("finish", key="f")),
+            (keyed["uuid"], "CREATED", "RUNNING", entry("run", key="r"))])
+        assert batch == [store.get_job(first["uuid"]), store.get_job(keyed["uuid"])]
+        assert store.delete_job(keyed["uuid"], force=False) is True
+        assert store.get_job(keyed["uuid"]) is None
+        assert store.delete_job(first["uuid"], only_if_revision=2) is False
+        assert store.delete_job(first["uuid"], only_if_revision=3) is True
+        assert store.delete_job(keyed["uuid"]) is True
+        assert [d["uuid"] for d in raw.find()] == [linking["uuid"]]
+        assert store.get_job(linking["uuid"])["child_of"] == []
+    finally:
+        client.close()
+        store.close()
+
+
 def test_commit_event_misses_on_unknown_and_hidden_jobs(store):
     assert store.commit_event(typed_uuid("pipelinejob", "ghost"), "CREATED", "RUNNING",
                               entry("run")) is None
@@ -297,12 +372,9 @@ def test_with_history_must_be_a_boolean(store, flag):
     assert store.get_job(record["uuid"]) == record
 
 
-@pytest.mark.parametrize("mode", ["on", "off"])
-def test_mongo_without_history_in_both_lock_modes(mongo_store_uri, mode):
-    """Locks on: the read under the lock leaves the history out (all but the keys for a keyed
-    entry). Locks off: findAndModify with a projection, or without one on a server that has
-    none (FerretDB), the history dropped here."""
-    store = open_store(mongo_store_uri, job_locks=mode)
+def test_mongo_commits_without_history_single_and_batch(mongo_store_uri):
+    """findAndModify with a projection leaving the history out; a batch's read likewise."""
+    store = open_store(mongo_store_uri)
     try:
         made = [job_record(80 + n) for n in range(3)]
         for r in made:
@@ -819,50 +891,3 @@ def test_sqlite_file_that_is_not_a_database_is_a_store_error(tmp_path):
     path.write_bytes(b"this is not an sqlite database, not even close" * 100)
     with pytest.raises(StoreError):
         open_store(f"sqlite:///{path}")
-
-
-# --- MongoDB per-job lock ----------------------------------------------------------------------
-
-def _lock_collection(mongo_store_uri: str):
-    client = pymongo.MongoClient(mongo_store_uri, serverSelectionTimeoutMS=3000, tz_aware=True)
-    return client, client.get_default_database().job_locks
-
-
-def test_mongo_breaks_a_lock_left_by_a_crashed_writer(mongo_store_uri):
-    from reactor.store import mongo
-
-    store = open_store(mongo_store_uri)
-    client, locks = _lock_collection(mongo_store_uri)
-    try:
-        record = job_record(50)
-        store.create_job(record)
-        stale = datetime.now(timezone.utc) - timedelta(seconds=mongo.LOCK_LEASE_S * 6)
-        locks.insert_one({"_id": record["uuid"], "owner": "crashed", "at": stale})
-        after = store.commit_event(record["uuid"], "CREATED", "RUNNING", entry("run"))
-        assert after["revision"] == 2
-        assert locks.count_documents({}) == 0
-    finally:
-        client.close()
-        store.close()
-
-
-def test_mongo_job_held_by_a_live_writer_is_store_unavailable(mongo_store_uri, monkeypatch):
-    from reactor.store import mongo
-
-    monkeypatch.setattr(mongo, "LOCK_WAIT_S", 0.2)
-    store = open_store(mongo_store_uri)
-    client, locks = _lock_collection(mongo_store_uri)
-    try:
-        record = job_record(51)
-        store.create_job(record)
-        locks.insert_one({"_id": record["uuid"], "owner": "alive",
-                          "at": datetime.now(timezone.utc)})
-        with pytest.raises(StoreUnavailable, match=record["uuid"]):
-            store.commit_event(record["uuid"], "CREATED", "RUNNING", entry("run"))
-        assert store.get_job(record["uuid"]) == record
-        assert locks.find_one({"_id": record["uuid"]})["owner"] == "alive"  # not broken
-        locks.delete_one({"_id": record["uuid"]})
-        assert store.commit_event(record["uuid"], "CREATED", "RUNNING", entry("run"))
-    finally:
-        client.close()
-        store.close()

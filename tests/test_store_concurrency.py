@@ -35,15 +35,20 @@ def _apply_updates(store_uri: str, uuid: str, worker: int, count: int, keyed: bo
             jobs.apply(uuid, "update", {"worker": worker, "n": n}, token=token, key=key)
 
 
-def _race(store_uri: str, uuid: str, count: int, keyed: bool) -> None:
+def _run_all(target, arguments: list[tuple]) -> None:
+    """Run ``target`` once per argument tuple, each in a fresh (spawned) process, all at once;
+    every one must exit 0."""
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_apply_updates, args=(store_uri, uuid, w, count, keyed))
-               for w in range(PROCESSES)]
+    workers = [ctx.Process(target=target, args=args) for args in arguments]
     for p in workers:
         p.start()
     for p in workers:
         p.join()
-    assert [p.exitcode for p in workers] == [0] * PROCESSES
+    assert [p.exitcode for p in workers] == [0] * len(workers)
+
+
+def _race(store_uri: str, uuid: str, count: int, keyed: bool) -> None:
+    _run_all(_apply_updates, [(store_uri, uuid, w, count, keyed) for w in range(PROCESSES)])
 
 
 def test_concurrent_updates_lose_nothing(jobs, store, store_uri):
@@ -121,14 +126,8 @@ def _commit_light(store_uri: str, uuid: str, worker: int, count: int) -> None:
 def test_concurrent_commits_without_history_lose_nothing(jobs, store, store_uri):
     record, _ = jobs.create(jobs.pipeline_uuid, data={"race": "light"})
     count = EVENTS_EACH // 2
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_commit_light, args=(store_uri, record["uuid"], w, count))
-               for w in range(PROCESSES // 2)]
-    for p in workers:
-        p.start()
-    for p in workers:
-        p.join()
-    assert [p.exitcode for p in workers] == [0] * len(workers)
+    workers = range(PROCESSES // 2)
+    _run_all(_commit_light, [(store_uri, record["uuid"], w, count) for w in workers])
     final = store.get_job(record["uuid"])
     assert final["revision"] == len(workers) * count + 1
     assert sorted(h["key"] for h in final["history"][1:]) == sorted(
@@ -197,16 +196,9 @@ def test_interleaved_events_on_many_jobs_apply_exactly_once(jobs, store, store_u
     exactly once, and every copy is refused."""
     uuids = [jobs.create(jobs.pipeline_uuid, data={"interleaved": n})[0]["uuid"]
              for n in range(JOBS)]
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    workers = [ctx.Process(target=_interleave, args=(store_uri, uuids, w, results))
-               for w in range(PROCESSES)]
-    for p in workers:
-        p.start()
-    for p in workers:
-        p.join()
-    assert [p.exitcode for p in workers] == [0] * PROCESSES
-    reported = sorted(results.get(timeout=60) for _ in workers)
+    results = multiprocessing.get_context("spawn").Queue()
+    _run_all(_interleave, [(store_uri, uuids, w, results) for w in range(PROCESSES)])
+    reported = sorted(results.get(timeout=60) for _ in range(PROCESSES))
     assert reported == [(w, JOBS * ROUNDS, JOBS * ROUNDS) for w in range(PROCESSES)]
     for uuid in uuids:
         final = store.get_job(uuid)
@@ -255,14 +247,7 @@ def test_concurrent_deletes_unlink_everything_and_lose_no_event(jobs, store, sto
                           child_of=[*doomed, keep])[0]["uuid"]
     store.put_document("files", {"uuid": "105-race", "derived_from": [*doomed, keep],
                                  "generated_by": doomed[0]})
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_delete_and_update, args=(store_uri, d, linking, w))
-               for w, d in enumerate(doomed)]
-    for p in workers:
-        p.start()
-    for p in workers:
-        p.join()
-    assert [p.exitcode for p in workers] == [0] * PROCESSES
+    _run_all(_delete_and_update, [(store_uri, d, linking, w) for w, d in enumerate(doomed)])
     assert all(store.get_job(d, include_hidden=True) is None for d in doomed)
     final = store.get_job(linking)
     assert final["child_of"] == [keep]

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from .errors import ArchiveError
+from .jsonvalues import is_text
 from .tokens import shown
 
 __all__ = ["resolve_under", "is_confined", "ensure_archive", "clear_archive", "default_path",
@@ -35,11 +36,8 @@ def _check_text(value: object, what: str) -> str:
         raise ArchiveError(f"{what} must be a non-empty path, got {value!r}")
     if "\x00" in value:
         raise ArchiveError(f"{what} contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ArchiveError(f"{what} is not valid text (it cannot be encoded as UTF-8)") \
-            from None
+    if not is_text(value):
+        raise ArchiveError(f"{what} is not valid text (it cannot be encoded as UTF-8)")
     return value
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import lifecycle, records
+from . import archive, lifecycle, records
 from .errors import AuthError, MachineError, StoreError, UnknownJob, UnknownPipeline
 from .identifiers import check_any_typed, check_typed, job_uuid
 from .jsonvalues import check_json, check_text
@@ -86,7 +86,7 @@ class Jobs:
         """Create the job (or find the existing one with the same identity); (record, created)."""
         check_typed(pipeline_uuid, "pipeline")
         # Caller data is held to the message contract's rule, whichever path it came by.
-        data = check_json(records.check_data(data), "data") or {}
+        data = _caller_data(data, private_data=False) or {}
         if isinstance(child_of, (str, bytes)) or not isinstance(child_of, (list, tuple,
                                                                           type(None))):
             raise TypeError("child_of must be a list of typed uuid strings")
@@ -104,8 +104,6 @@ class Jobs:
             # A job's archive must be its own: below the archive root, and neither another
             # job's archive nor inside or around one (what reset would refuse to clear).
             # ArchiveError before anything is written; "" stays "no archive".
-            from . import archive
-
             fields["archive_path"] = archive.claim(self.store, self.archive_root,
                                                    fields["archive_path"], uid)
         record = records.new_job_record(uuid=uid, pipeline_uuid=pipeline_uuid, data=data,

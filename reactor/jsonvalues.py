@@ -42,13 +42,14 @@ def check_text(value: Any, what: str) -> str:
     """Return ``value`` if it is a string of valid Unicode without NUL, else ValueError."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a string, not {type(value).__name__}")
-    if not _valid_text(value) or "\x00" in value:
+    if not is_text(value) or "\x00" in value:
         raise ValueError(f"{what} must be valid Unicode text without NUL characters (it holds "
                          "an unpaired surrogate or a NUL)")
     return value
 
 
-def _valid_text(text: str) -> bool:
+def is_text(text: str) -> bool:
+    """True unless ``text`` holds a lone surrogate (which no store or UTF-8 writer can take)."""
     # ASCII (nearly all text) is valid by itself; only other text can hold a lone surrogate.
     if text.isascii():
         return True
@@ -66,7 +67,7 @@ def _walk(value: Any, depth: int, max_depth: int, nul_keys: bool) -> None:
     if depth > max_depth:
         raise _Bad(ValueError, f"{{where}} is nested more than {max_depth} levels deep")
     if isinstance(value, str):
-        if not _valid_text(value):
+        if not is_text(value):
             raise _Bad(ValueError, _BAD_TEXT)
         return
     if value is None or isinstance(value, bool):
@@ -85,7 +86,7 @@ def _walk(value: Any, depth: int, max_depth: int, nul_keys: bool) -> None:
                 raise _Bad(NotJSON, f"{{where}} has a non-string key {_braces(repr(key))} "
                            f"({type(key).__name__}); JSON object keys must be strings, e.g. "
                            f"{_braces(repr(str(key)))}")
-            if not _valid_text(key):
+            if not is_text(key):
                 raise _Bad(ValueError, "{where} has a key with an unpaired UTF-16 surrogate, "
                            "which no store can encode")
             if not nul_keys and "\x00" in key:

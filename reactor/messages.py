@@ -32,6 +32,7 @@ from typing import Any, Mapping
 
 from . import lifecycle, schemas
 from .identifiers import check_typed
+from .jsonvalues import is_text
 from .outcomes import Reject
 from .tokens import shown
 
@@ -126,12 +127,10 @@ def _param_items(params: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
 
 
 def _check_param_text(name: str, value: str) -> None:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_text(value):
         raise MessageRejected("decode_error", f"parameter {name!r} is not valid UTF-8 text "
                               "(it holds bytes that are not UTF-8, or an unpaired "
-                              "surrogate)") from None
+                              "surrogate)")
 
 
 def duplicate_key(body: bytes, message_id: str | None = None,
@@ -283,11 +282,9 @@ _CHECKED = (dict, list, str, int)
 
 
 def _check_text(text: str, what: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_text(text):
         raise _Unstorable("decode_error", f"{what} contains an unpaired UTF-16 surrogate "
-                          "escape") from None
+                          "escape")
 
 
 def _path_part(key: str) -> str:

@@ -50,7 +50,7 @@ from .jobs import authorize, authorize_delete
 from .logs import FIELDS_ATTR
 from .messages import DeleteMessage, EventMessage, MessageRejected
 from .metrics import Metrics
-from .tokens import body_token, mask, mask_text, scrub, shown
+from .tokens import body_token, harmless, mask, mask_text, scrub, shown
 from .transport import Topology, redact_url
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,8 @@ def _request_tokens(request: Request, body: bytes = b"") -> list[str | None]:
     found = list(request.query_params.getlist("token"))
     # A token sent in another parameter or in the path (say in the uuid's place) is masked
     # as well, whatever the texts that might echo it do.
-    found += [v for v in request.query_params.values() if _unshowable(v)]
-    found += [v for v in request.path_params.values() if _unshowable(v)]
+    found += [v for v in request.query_params.values() if isinstance(v, str) and not harmless(v)]
+    found += [v for v in request.path_params.values() if isinstance(v, str) and not harmless(v)]
     credentials = request.headers.get("authorization", "").split(None, 1)
     # The value after the scheme; a lone word may be a bare token, unless it is the scheme
     # (masking "Bearer" would garble the answer that says how to send one).
@@ -183,11 +183,6 @@ def _request_tokens(request: Request, body: bytes = b"") -> list[str | None]:
     if body:
         found.append(body_token(body))
     return found
-
-
-def _unshowable(value: object) -> bool:
-    """True for a caller's string that ``shown`` would not echo: it may be a token."""
-    return isinstance(value, str) and shown(value) != json.dumps(value, ensure_ascii=False)
 
 
 def _params(request: Request) -> dict[str, str]:

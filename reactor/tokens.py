@@ -121,11 +121,17 @@ def mask_quoted(text: str) -> str:
     argument whole, since a secret need not look like a token."""
     def quoted(match: re.Match) -> str:
         inner = match.group(2)
-        if shown(inner) == json.dumps(inner, ensure_ascii=False):
+        if harmless(inner):
             return match.group(0)
         return f"<a value of {len(inner)} characters>"
 
     return mask_text(_QUOTED.sub(quoted, text))
+
+
+def harmless(text: str) -> bool:
+    """True when an error may quote ``text`` as it is: at most ``MAX_SHOWN`` characters and
+    no run of 16 letters or digits (a token, a secret, a key)."""
+    return len(text) <= MAX_SHOWN and not _LONG_RUN.search(text)
 
 
 def shown(value: object) -> str:
@@ -137,7 +143,7 @@ def shown(value: object) -> str:
     if value is None or isinstance(value, (bool, int, float)):
         return json.dumps(value)
     if isinstance(value, str):
-        if len(value) <= MAX_SHOWN and not _LONG_RUN.search(value):
+        if harmless(value):
             return json.dumps(value, ensure_ascii=False)
         return f"a string of {len(value)} characters"
     if isinstance(value, dict):

@@ -25,6 +25,8 @@ assertion messages name the operation that failed.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import itertools
 import json
 import os
@@ -350,6 +352,18 @@ def _archive_path(world: World, a_path: str, kind: str) -> str:
     }[kind]
 
 
+@contextmanager
+def _job_with_output(world):
+    """Job A, set up with a file in its archive that no other job's operation may touch."""
+    a = world.mpj({"owner": "A"}).setup()
+    try:
+        precious = Path(a.archive_path) / "result.txt"
+        precious.write_text("A's output")
+        yield a, precious
+    finally:
+        a.close()
+
+
 @hsettings(len(ARCHIVE_KINDS) * 2)
 @given(kind=st.sampled_from(ARCHIVE_KINDS), reset_first=st.booleans())
 def test_archive_unsafe_paths_are_refused_at_creation(fresh, kind, reset_first):
@@ -359,10 +373,7 @@ def test_archive_unsafe_paths_are_refused_at_creation(fresh, kind, reset_first):
     sibling path is accepted and its reset clears only its own directory."""
     world = fresh()
     admin = admin_token()
-    a = world.mpj({"owner": "A"}).setup()
-    try:
-        precious = Path(a.archive_path) / "result.txt"
-        precious.write_text("A's output")
+    with _job_with_output(world) as (a, precious):
         path = _archive_path(world, a.archive_path, kind)
         before = world.dump()
         if kind != "sibling":
@@ -387,8 +398,6 @@ def test_archive_unsafe_paths_are_refused_at_creation(fresh, kind, reset_first):
             finally:
                 b.close()
         assert precious.read_text() == "A's output", f"{kind}: A's archive was touched"
-    finally:
-        a.close()
 
 
 def test_archive_reset_never_deletes_another_jobs_archive(world):
@@ -439,10 +448,7 @@ def test_archive_cli_create_refuses_unsafe_archive_paths(world, kind):
     """Class 2: ``reactor jobs create --archive-path`` refuses what the library refuses (a path
     overlapping another job's archive, outside the root, the root, NUL): such a record would
     let a later library reset delete other jobs' archives."""
-    a = world.mpj({"owner": "A"}).setup()
-    try:
-        precious = Path(a.archive_path) / "result.txt"
-        precious.write_text("A's output")
+    with _job_with_output(world) as (a, precious):
         path = _archive_path(world, a.archive_path, kind)
         before = world.dump()
         res = run_cli(world.env, "jobs", "create", "--pipeline", PIPELINE, "--data",
@@ -450,8 +456,6 @@ def test_archive_cli_create_refuses_unsafe_archive_paths(world, kind):
         assert_cli_refused(res, "archive")
         assert world.dump() == before
         assert precious.read_text() == "A's output"
-    finally:
-        a.close()
 
 
 def test_archive_reset_message_is_only_the_state_change(world):

@@ -27,7 +27,7 @@ PIPELINE_NAME = "bench-pipeline"
 def reactor_command() -> list[str]:
     """How an operator starts the reactor: the console script, else the module."""
     found = shutil.which("reactor")
-    return [found] if found else [sys.executable, "-m", "reactor.cli"]
+    return [found] if found else [sys.executable, "-m", "reactor.cli.main"]
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Setup:
 
     def create_jobs(self, count: int) -> tuple[list[str], list[str]]:
         """Register the pipeline and create ``count`` jobs; their uuids and tokens."""
-        from reactor.identifiers import pipeline_uuid
+        from reactor.domain.identifiers import pipeline_uuid
 
         p = pipeline_uuid(PIPELINE_NAME)
         self.app.store.add_pipeline({"uuid": p, "name": PIPELINE_NAME})
@@ -87,14 +87,14 @@ class Setup:
 
     def declare(self) -> None:
         """Declare the reactor's topology (as the consumer will) so messages can wait in it."""
-        from reactor.transport import ConfirmingPublisher, Topology
+        from reactor.broker.transport import ConfirmingPublisher, Topology
 
         ConfirmingPublisher(self.amqp_url, Topology.from_settings(self.app.settings)).close()
 
     @property
     def topology(self):
         """The reactor's queue layout for this setup (partitioned if ``options`` say so)."""
-        from reactor.transport import Topology
+        from reactor.broker.transport import Topology
 
         return Topology.from_settings(self.app.settings)
 
@@ -370,8 +370,8 @@ def cpu_per_message(store_uri: str, work: Workload, reps: int) -> dict:
     prepare (size, decode, classify, validate), plan (token, transition, history entry) and
     the store update document. Median over ``reps`` passes."""
     from reactor.app import App
-    from reactor.identifiers import pipeline_uuid
-    from reactor.pipeline import Pipeline
+    from reactor.domain.identifiers import pipeline_uuid
+    from reactor.engine.pipeline import Pipeline
     from reactor.store.bson_codec import encode_entry
 
     app = App.from_env({"REACTOR_STORE_URI": store_uri, "REACTOR_SECRET": SECRET})
@@ -416,7 +416,7 @@ def cpu_per_message(store_uri: str, work: Workload, reps: int) -> dict:
 def cold_start(workdir: Path, runs: int) -> dict:
     """Median wall ms of ``reactor invoke`` (one event, embedded store) and ``python -c pass``."""
     from reactor.app import App
-    from reactor.identifiers import pipeline_uuid
+    from reactor.domain.identifiers import pipeline_uuid
 
     db = workdir / "invoke.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("REACTOR_")}

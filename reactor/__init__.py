@@ -12,9 +12,9 @@ __all__ = ["ManagedPipelineJob", "ManagedPipelineJobInstance", "ManagedPipelineJ
 
 # name -> module that defines it; imported on first access only.
 _LAZY = {
-    "ManagedPipelineJob": "reactor.library",
-    "ManagedPipelineJobInstance": "reactor.library",
-    "ManagedPipelineJobError": "reactor.errors",
+    "ManagedPipelineJob": "reactor.ingress.library",
+    "ManagedPipelineJobInstance": "reactor.ingress.library",
+    "ManagedPipelineJobError": "reactor.domain.errors",
 }
 
 

@@ -28,7 +28,7 @@ class App:
 
     @cached_property
     def authority(self):
-        from .tokens import Authority
+        from .domain.tokens import Authority
 
         return Authority(self.secret, self.settings.token_length, self.settings.admin_window)
 
@@ -46,7 +46,7 @@ class App:
 
     @cached_property
     def jobs(self):
-        from .jobs import Jobs
+        from .engine.jobs import Jobs
 
         return Jobs(self.store, self.authority, self.settings.verify_pipelines,
                     archive_root=str(self.settings.resolved_archive_root.absolute()))

@@ -198,7 +198,7 @@ def store(store_uri):
 
 @pytest.fixture
 def authority():
-    from reactor.tokens import Authority
+    from reactor.domain.tokens import Authority
 
     return Authority(TEST_SECRET)
 
@@ -206,8 +206,8 @@ def authority():
 @pytest.fixture
 def jobs(store, authority):
     """Job operations on a fresh store with one registered pipeline (``jobs.pipeline_uuid``)."""
-    from reactor.identifiers import pipeline_uuid
-    from reactor.jobs import Jobs
+    from reactor.domain.identifiers import pipeline_uuid
+    from reactor.engine.jobs import Jobs
 
     j = Jobs(store, authority)
     p = pipeline_uuid("test-pipeline")

@@ -6,7 +6,7 @@
   the same legitimate operations compare equal.
 - Runners that call the real entry points in-process and check the documented refusal form
   of each surface (SPEC §6, §9): ``run_cli`` / ``assert_cli_refused`` (click's CliRunner on
-  ``reactor.cli.main``), ``run_invoke`` / ``assert_invoke_refused`` (``reactor invoke`` through
+  ``reactor.cli.main.main``), ``run_invoke`` / ``assert_invoke_refused`` (``reactor invoke`` through
   the same CLI command, the environment set as the actor platform sets it, raw bytes included),
   ``library_refusal`` (the exception types the client library documents).
 - ``leaks``: every token, the admin token and the secret searched in every captured text.
@@ -34,9 +34,9 @@ from conftest import ROOT, TEST_SECRET
 from queue_helpers import QueueSetup
 from test_serve import ServeProcess as _ServeProcess
 from reactor.app import App
-from reactor.errors import ArchiveError, AuthError, ManagedPipelineJobError
-from reactor.identifiers import job_uuid, pipeline_uuid, typed_uuid
-from reactor.tokens import Authority
+from reactor.domain.errors import ArchiveError, AuthError, ManagedPipelineJobError
+from reactor.domain.identifiers import job_uuid, pipeline_uuid, typed_uuid
+from reactor.domain.tokens import Authority
 
 PIPELINE_NAME = "hostile-tests"
 PIPELINE = pipeline_uuid(PIPELINE_NAME)
@@ -300,7 +300,7 @@ def run_cli(env: dict, *args: str, extra_env: dict | None = None) -> CliResult:
     as the reactor's environment (actor variables unset unless given)."""
     import traceback as _tb
 
-    from reactor.cli import main
+    from reactor.cli.main import main
 
     full = {name: None for name in ACTOR_VARS}
     full.update(env)

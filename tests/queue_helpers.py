@@ -18,11 +18,11 @@ import pika
 
 from conftest import ROOT, SERVICES, missing
 
-from reactor import lifecycle
+from reactor.domain import lifecycle
 from reactor.app import App
-from reactor.identifiers import pipeline_uuid
-from reactor.publisher import OutgoingMessage, publish
-from reactor.transport import Topology
+from reactor.domain.identifiers import pipeline_uuid
+from reactor.broker.publisher import OutgoingMessage, publish
+from reactor.broker.transport import Topology
 
 SECRET = "queue-test-secret-" + "y" * 20  # test-only secret, never a deployment value
 
@@ -109,7 +109,7 @@ class QueueSetup:
         """``reactor consume ARGS`` as a subprocess; stderr goes to ``<workdir>/<name>.N.log``."""
         n = sum(1 for _ in self.workdir.glob(f"{name}.*.log"))
         log = open(self.workdir / f"{name}.{n}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "reactor.cli", "consume", *args],
+        proc = subprocess.Popen([sys.executable, "-m", "reactor.cli.main", "consume", *args],
                                 cwd=self.workdir, env=env or self.env(), stdout=log, stderr=log)
         log.close()
         proc.log_path = self.workdir / f"{name}.{n}.log"  # type: ignore[attr-defined]
@@ -346,7 +346,7 @@ class Workload:
 
 def count_lines(text: str, prefix: str) -> int:
     """Log lines of consumers whose message starts with ``prefix`` (e.g. ``duplicate:``)."""
-    return sum(1 for line in text.splitlines() if f"reactor.consumer {prefix}" in line)
+    return sum(1 for line in text.splitlines() if f"reactor.consume.consumer {prefix}" in line)
 
 
 # --------------------------------------------------------------------------------- servers

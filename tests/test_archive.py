@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from reactor import archive
-from reactor.errors import ArchiveError
+from reactor.engine import archive
+from reactor.domain.errors import ArchiveError
 
 
 @pytest.fixture
@@ -199,8 +199,8 @@ def test_spellings_cover_the_forms_records_may_hold(root, tmp_path):
 
 
 def _record(n, path):
-    from reactor import records
-    from reactor.identifiers import pipeline_uuid, typed_uuid
+    from reactor.domain import records
+    from reactor.domain.identifiers import pipeline_uuid, typed_uuid
 
     return records.new_job_record(uuid=typed_uuid("pipelinejob", f"archive test {n}"),
                                   pipeline_uuid=pipeline_uuid("archive-tests"), data={"n": n},

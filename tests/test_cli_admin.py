@@ -10,9 +10,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from reactor.cli import main
-from reactor.identifiers import pipeline_uuid, typed_uuid
-from reactor.tokens import Authority
+from reactor.cli.main import main
+from reactor.domain.identifiers import pipeline_uuid, typed_uuid
+from reactor.domain.tokens import Authority
 
 SECRET = "cli-test-secret-" + "z" * 24
 
@@ -148,7 +148,7 @@ def test_embedded_default_creates_store_and_secret(tmp_path):
 
 def _command() -> list[str]:
     found = shutil.which("reactor")
-    return [found] if found else [sys.executable, "-m", "reactor.cli"]
+    return [found] if found else [sys.executable, "-m", "reactor.cli.main"]
 
 
 def test_real_subprocess(env, tmp_path):

@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import TEST_SECRET
-from reactor import lifecycle
-from reactor.cli import main
-from reactor.identifiers import pipeline_uuid
-from reactor.tokens import Authority
+from reactor.domain import lifecycle
+from reactor.cli.main import main
+from reactor.domain.identifiers import pipeline_uuid
+from reactor.domain.tokens import Authority
 
 PIPELINE = pipeline_uuid("cli-tests")
 
@@ -98,7 +98,7 @@ def test_jobs_create_refuses_bad_input_in_one_line(cli, args, words):
 
 def test_jobs_list_show_and_history(cli):
     from reactor.app import App
-    from reactor.pipeline import Pipeline
+    from reactor.engine.pipeline import Pipeline
 
     uuid, token = create(cli)
     other, _ = create(cli, '{"sample": "B"}')

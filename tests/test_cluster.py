@@ -29,8 +29,8 @@ import pytest
 from cluster_helpers import ClusterNodes, consumer_pids, freeze_pids, thaw_pids
 from queue_helpers import (QueueSetup, Workload, count_lines, make_jobs, queue_depth, stop,
                            total_depth, wait_subscribed, wait_until, while_running)
-from reactor.publisher import PublishReport, publish
-from reactor.transport import Endpoints
+from reactor.broker.publisher import PublishReport, publish
+from reactor.broker.transport import Endpoints
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -69,7 +69,7 @@ def _publish_command(setup: QueueSetup, part: Workload) -> subprocess.Popen:
     path = setup.workdir / f"outage-{len(list(setup.workdir.glob('outage-*')))}.jsonl"
     path.write_bytes(b"\n".join(m.body for m in part.messages) + b"\n")
     args = ["--partitions", str(setup.partitions)] if setup.partitions else []
-    return subprocess.Popen([sys.executable, "-m", "reactor.cli", "publish", *args, str(path)],
+    return subprocess.Popen([sys.executable, "-m", "reactor.cli.main", "publish", *args, str(path)],
                             cwd=setup.workdir, env=setup.env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -115,16 +115,16 @@ class _PausedPublisher(threading.Thread):
 def _connected_nodes(nodes: ClusterNodes, logs: str) -> list[str]:
     """The nodes the consumer connected to, in order, from its log."""
     return [nodes.node_of(line) or "?" for line in logs.splitlines()
-            if "reactor.transport connected to" in line]
+            if "reactor.broker.transport connected to" in line]
 
 
 def _resubscribe_gaps(logs: str) -> list[float]:
     """Seconds from each lost connection to the next new subscription, by the log's clock."""
     events = []
     for line in logs.splitlines():
-        if "reactor.transport connection to" in line and " lost: " in line:
+        if "reactor.broker.transport connection to" in line and " lost: " in line:
             kind = "lost"
-        elif "reactor.transport consuming from" in line:
+        elif "reactor.broker.transport consuming from" in line:
             kind = "consuming"
         else:
             continue

@@ -14,15 +14,15 @@ import pytest
 
 from queue_helpers import (QueueSetup, Workload, count_lines, drain, event, make_jobs,
                            queue_depth, stop, total_depth, wait_until)
-from reactor.consumer import (ACK_HOLD_S, ATTEMPTS, DEAD_LETTER, DETAIL, EXCHANGE, FIRST_SEEN,
+from reactor.consume.consumer import (ACK_HOLD_S, ATTEMPTS, DEAD_LETTER, DETAIL, EXCHANGE, FIRST_SEEN,
                               MESSAGE_ID, OUTCOME, REASON, RETRY_LATER, ROUTING_KEY, Action,
                               Consumer, Limits, attempt_number, decide, forwarded_properties)
-from reactor.errors import ConfigError
-from reactor.identifiers import typed_uuid
-from reactor.outcomes import APPLIED, DUPLICATE, REJECTED, RETRY, Outcome
-from reactor.pipeline import Pipeline
-from reactor.publisher import OutgoingMessage, message_id, publish
-from reactor.transport import Delivery, Topology
+from reactor.domain.errors import ConfigError
+from reactor.domain.identifiers import typed_uuid
+from reactor.domain.outcomes import APPLIED, DUPLICATE, REJECTED, RETRY, Outcome
+from reactor.engine.pipeline import Pipeline
+from reactor.broker.publisher import OutgoingMessage, message_id, publish
+from reactor.broker.transport import Delivery, Topology
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.mongo]
 
@@ -55,7 +55,7 @@ def test_end_to_end_many_jobs_all_applied_nothing_left_unacked(setup, tmp_path):
     work = Workload.build(jobs, 10)
     lines = tmp_path / "events.jsonl"
     lines.write_bytes(b"\n".join(m.body for m in work.messages) + b"\n")
-    out = subprocess.run([sys.executable, "-m", "reactor.cli", "publish", str(lines)],
+    out = subprocess.run([sys.executable, "-m", "reactor.cli.main", "publish", str(lines)],
                          env=setup.env(), cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert f"confirmed {work.sent} of {work.sent}" in out.stdout
@@ -309,7 +309,7 @@ def test_topology_conflict_is_a_clear_start_up_error(setup):
 def test_consume_without_broker_url_is_an_error(setup):
     env = setup.env()
     env["REACTOR_BROKER_URL"] = ""
-    out = subprocess.run([sys.executable, "-m", "reactor.cli", "consume"], env=env,
+    out = subprocess.run([sys.executable, "-m", "reactor.cli.main", "consume"], env=env,
                          cwd=setup.workdir, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "REACTOR_BROKER_URL" in out.stderr, out.stderr
 

@@ -24,7 +24,7 @@ from conftest import missing
 from queue_helpers import (PrivateBroker, QueueSetup, Workload, count_lines, freeze, make_jobs,
                            queue_depth, start_private_secantus, stop, thaw, total_depth,
                            wait_subscribed, wait_until, while_running)
-from reactor.messages import duplicate_key
+from reactor.contract.messages import duplicate_key
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.mongo]
 

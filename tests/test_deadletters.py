@@ -11,10 +11,10 @@ import pika
 import pytest
 
 from queue_helpers import QueueSetup, make_jobs, queue_depth, stop, wait_until
-from reactor.consumer import ATTEMPTS, REASON
-from reactor.deadletters import REDRIVEN
-from reactor.identifiers import job_uuid, pipeline_uuid
-from reactor.publisher import OutgoingMessage, publish
+from reactor.consume.consumer import ATTEMPTS, REASON
+from reactor.ops.deadletters import REDRIVEN
+from reactor.domain.identifiers import job_uuid, pipeline_uuid
+from reactor.broker.publisher import OutgoingMessage, publish
 
 pytestmark = [pytest.mark.rabbitmq]
 
@@ -27,7 +27,7 @@ def setup(amqp_url, sqlite_uri, tmp_path):
 
 
 def reactor(setup: QueueSetup, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reactor.cli", *args], cwd=setup.workdir,
+    return subprocess.run([sys.executable, "-m", "reactor.cli.main", *args], cwd=setup.workdir,
                           env=setup.env(), capture_output=True, text=True, timeout=120)
 
 
@@ -189,6 +189,6 @@ def test_deadletters_need_a_broker(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("REACTOR_")}
     env["REACTOR_STATE_DIR"] = str(tmp_path / ".reactor")
-    out = subprocess.run([sys.executable, "-m", "reactor.cli", "deadletters", "list"],
+    out = subprocess.run([sys.executable, "-m", "reactor.cli.main", "deadletters", "list"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "REACTOR_BROKER_URL" in out.stderr

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def reactor(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REACTOR_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "reactor.cli", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "reactor.cli.main", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -5,7 +5,7 @@
   tutorial are checked;
 - ``python -m reactor.docgen --check`` passes, and fails naming the file when one is stale;
 - the configuration reference, the AsyncAPI document and the lifecycle diagram are checked
-  against ``reactor.config.KEYS``, ``schemas/*.json`` and ``reactor.lifecycle``;
+  against ``reactor.config.KEYS``, ``schemas/*.json`` and ``reactor.domain.lifecycle``;
 - every ``reactor …`` command line in the docs names a real command and real options, and
   every relative link resolves.
 """
@@ -24,7 +24,10 @@ from pathlib import Path
 import click
 import yaml
 
-from reactor import config, docgen, lifecycle, schemas
+from reactor import config
+from reactor.docgen import generate as docgen
+from reactor.domain import lifecycle
+from reactor.contract import schemas
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -111,7 +114,7 @@ def test_tutorial_bash_blocks_run_and_move_a_job_through_its_lifecycle(tmp_path)
 
 # ------------------------------------------------------------------------------ docgen check
 def test_generated_docs_are_in_sync_with_the_code():
-    out = subprocess.run([sys.executable, "-m", "reactor.docgen", "--check"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "reactor.docgen.generate", "--check"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"{out.stderr}\nrun `python -m reactor.docgen` and commit"
     assert docgen.stale() == []
@@ -125,7 +128,7 @@ def test_docgen_check_fails_naming_each_stale_file_and_regenerating_fixes_it(tmp
     (docs / "lifecycle.svg").unlink()
     before = {p.name: p.read_bytes() for p in docs.iterdir()}
 
-    check = [sys.executable, "-m", "reactor.docgen", "--check", "--docs", str(docs)]
+    check = [sys.executable, "-m", "reactor.docgen.generate", "--check", "--docs", str(docs)]
     out = subprocess.run(check, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert f"{docs / 'configuration.md'}: out of date" in out.stderr
@@ -156,7 +159,7 @@ def test_docgen_check_notices_a_changed_lifecycle_table(monkeypatch):
 
 
 def test_docgen_usage_errors_exit_2():
-    out = subprocess.run([sys.executable, "-m", "reactor.docgen", "--chek"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "reactor.docgen.generate", "--chek"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "--chek" in out.stderr
 
@@ -254,8 +257,8 @@ def test_asyncapi_document_is_asyncapi_3_with_every_schema_verbatim():
 
 
 def test_asyncapi_dead_letter_headers_are_the_ones_the_consumer_writes():
-    from reactor import consumer
-    from reactor.outcomes import REJECT_REASONS
+    from reactor.consume import consumer
+    from reactor.domain.outcomes import REJECT_REASONS
 
     doc = yaml.safe_load((DOCS / "asyncapi.yaml").read_text())
     headers = doc["components"]["messages"]["deadLetter"]["headers"]["properties"]
@@ -295,7 +298,7 @@ def test_lifecycle_svg_draws_every_state_event_and_transition():
 def test_lifecycle_md_mermaid_is_what_reactor_fsm_prints():
     from click.testing import CliRunner
 
-    from reactor.cli import main
+    from reactor.cli.main import main
 
     out = CliRunner().invoke(main, ["fsm", "--format", "mermaid"], catch_exceptions=False)
     assert out.exit_code == 0
@@ -345,7 +348,7 @@ def _command_lines(text: str) -> list[str]:
 
 
 def _check_command(line: str) -> list[str]:
-    from reactor.cli import main
+    from reactor.cli.main import main
 
     try:
         words = shlex.split(line)

@@ -12,12 +12,12 @@ import sqlite3
 import pymongo
 import pytest
 
-from reactor import records
-from reactor.batching import GroupCommit, Item
-from reactor.statecache import StateCache
-from reactor.errors import StoreUnavailable
-from reactor.identifiers import typed_uuid
-from reactor.pipeline import Pipeline
+from reactor.domain import records
+from reactor.engine.batching import GroupCommit, Item
+from reactor.engine.statecache import StateCache
+from reactor.domain.errors import StoreUnavailable
+from reactor.domain.identifiers import typed_uuid
+from reactor.engine.pipeline import Pipeline
 from reactor.store import open_store
 from reactor.store.sqlite import SqliteJobStore
 
@@ -106,8 +106,8 @@ def test_a_batch_spanning_several_statement_chunks_gives_the_one_by_one_results(
         sqlite_uri, authority, monkeypatch):
     """SQLite commits a batch with a few set-wide statements per chunk of changes: misses of
     every kind in every chunk, and a chunk with nothing left to write, change nothing else."""
-    from reactor.identifiers import pipeline_uuid
-    from reactor.jobs import Jobs
+    from reactor.domain.identifiers import pipeline_uuid
+    from reactor.engine.jobs import Jobs
 
     jobs = Jobs(SqliteJobStore(sqlite_uri), authority)
     jobs.pipeline_uuid = pipeline_uuid("test-pipeline")
@@ -372,8 +372,8 @@ def test_many_events_of_one_job_in_one_batch_apply_in_delivery_order(jobs, separ
 
 
 def test_a_store_that_stops_answering_leaves_the_rest_undecided(sqlite_uri, authority):
-    from reactor.identifiers import pipeline_uuid
-    from reactor.jobs import Jobs
+    from reactor.domain.identifiers import pipeline_uuid
+    from reactor.engine.jobs import Jobs
 
     store = SqliteJobStore(sqlite_uri, busy_timeout_s=0.05, lock_attempts=1)
     jobs = Jobs(store, authority)
@@ -499,8 +499,8 @@ def batch_setup(amqp_url, mongo_store_uri, tmp_path):
 def test_consumer_group_commit_settles_each_message_after_the_commit(batch_setup):
     from queue_helpers import (drain, event, make_jobs, queue_depth, stop, total_depth,
                                wait_until)
-    from reactor.consumer import ATTEMPTS, REASON
-    from reactor.publisher import OutgoingMessage, publish
+    from reactor.consume.consumer import ATTEMPTS, REASON
+    from reactor.broker.publisher import OutgoingMessage, publish
 
     setup = batch_setup
     jobs = make_jobs(setup.app, 4, "batch")
@@ -539,14 +539,14 @@ def test_consumer_group_commit_settles_each_message_after_the_commit(batch_setup
     # The first events of a, b and c went to the store in one write (one date per write).
     assert history[a][1]["date"] == history[b][1]["date"] == history[c][1]["date"]
     logs = setup.logs()
-    assert logs.count("reactor.consumer duplicate:") == 1
-    assert logs.count("reactor.consumer applied:") == 6
+    assert logs.count("reactor.consume.consumer duplicate:") == 1
+    assert logs.count("reactor.consume.consumer applied:") == 6
 
 
 def test_a_bad_batch_size_is_a_start_up_error_naming_the_key():
-    from reactor.consumer import Consumer, Limits
-    from reactor.errors import ConfigError
-    from reactor.transport import Topology
+    from reactor.consume.consumer import Consumer, Limits
+    from reactor.domain.errors import ConfigError
+    from reactor.broker.transport import Topology
 
     with pytest.raises(ConfigError, match="bad value for 'batch_size': 0"):
         Consumer(None, lambda: None, "amqp://guest:guest@127.0.0.1:1/%2F", Topology(), 10,
@@ -586,8 +586,8 @@ def test_batch_size_one_commits_each_message_alone_and_the_default_groups_them(
     import threading
 
     from queue_helpers import QueueSetup, Workload, make_jobs, total_depth, wait_until
-    from reactor.consumer import Consumer, Limits
-    from reactor.jobs import Jobs
+    from reactor.consume.consumer import Consumer, Limits
+    from reactor.engine.jobs import Jobs
 
     setup = QueueSetup(amqp_url, sqlite_uri, tmp_path)
     try:

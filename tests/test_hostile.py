@@ -16,7 +16,7 @@ classes of defect guarded here (named in each test's docstring):
 7. the paths disagreeing (``create`` for an existing job, NUL in data keys, white space
    around event names, the 401 detail of GET /jobs/{uuid}).
 
-Most examples run the real entry points in-process (click's CliRunner on ``reactor.cli.main``
+Most examples run the real entry points in-process (click's CliRunner on ``reactor.cli.main.main``
 for the CLI and ``reactor invoke``; the library directly); a few real subprocesses prove the
 real entry points: ``reactor invoke`` with raw non-UTF-8 environment bytes, and one
 ``reactor serve`` process (real uvicorn, real RabbitMQ) shared by the serve tests.
@@ -53,7 +53,7 @@ from hostile_helpers import (
     problems_in_serve_log, resolve, run_cli, run_invoke, secrets, subprocess_env,
     surrogate_texts,
 )
-from reactor.errors import ArchiveError
+from reactor.domain.errors import ArchiveError
 
 
 def hsettings(examples: int) -> settings:
@@ -180,10 +180,10 @@ def test_token_never_leaks_into_dead_letter_details(world, case):
     """Class 1: the dead letter of a message with a misplaced token (its headers: reason,
     detail, …; and the operator's view of it, ``reactor deadletters list/show``) never shows
     the token."""
-    from reactor.consumer import Limits, decide, forwarded_properties
-    from reactor.deadletters import from_queued
-    from reactor.pipeline import Pipeline
-    from reactor.transport import Delivery, QueuedMessage
+    from reactor.consume.consumer import Limits, decide, forwarded_properties
+    from reactor.ops.deadletters import from_queued
+    from reactor.engine.pipeline import Pipeline
+    from reactor.broker.transport import Delivery, QueuedMessage
 
     msg, _ = case
     body = msg.encode("utf-8", "surrogatepass")
@@ -209,10 +209,10 @@ def test_token_never_leaks_into_dead_letter_routing_key_or_message_id(world, slo
     of its uuid slot as the routing key (or put a token in the AMQP message id) gets a dead
     letter whose reactor headers and operator view (``reactor deadletters list/show``) do not
     show that token."""
-    from reactor.consumer import Limits, decide, forwarded_properties
-    from reactor.deadletters import from_queued
-    from reactor.pipeline import Pipeline
-    from reactor.transport import Delivery, QueuedMessage
+    from reactor.consume.consumer import Limits, decide, forwarded_properties
+    from reactor.ops.deadletters import from_queued
+    from reactor.engine.pipeline import Pipeline
+    from reactor.broker.transport import Delivery, QueuedMessage
 
     body = event_body(TOKENS[0], "run", JOBS[0]).encode()
     message_id = TOKENS[1] if slot == "message_id" else "dl-2"
@@ -311,7 +311,7 @@ def test_token_never_leaks_from_a_real_invoke_process(world):
     uuid and token swapped rejects it, and no token reaches its stdout or stderr."""
     env = subprocess_env(world)
     env[b"MSG"] = event_body(TOKENS[0], "run", JOBS[0]).encode()
-    done = subprocess.run([sys.executable, "-m", "reactor.cli", "invoke"], env=env,
+    done = subprocess.run([sys.executable, "-m", "reactor.cli.main", "invoke"], env=env,
                           cwd=world.base, capture_output=True, timeout=120)
     out, err = done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace")
     assert done.returncode == 1, (done.returncode, out, err)
@@ -406,7 +406,7 @@ def test_archive_reset_never_deletes_another_jobs_archive(world):
     even for a record whose stored archive path contains another job's archive (say, imported
     from the replaced system): that reset leaves them (or refuses with ArchiveError, changing
     nothing)."""
-    from reactor import records
+    from reactor.domain import records
 
     admin = admin_token()
     a = world.mpj({"owner": "A"}).setup()
@@ -552,7 +552,7 @@ def test_trailing_newline_store_locations_do_not_open_another_store(world, form)
     or database whose name ends in a newline)."""
     import base64
 
-    from reactor.library import store_location
+    from reactor.ingress.library import store_location
 
     if form == "database":
         for name in ("reactor\n", "reactor ", "react\tor", "reactor\r\n"):
@@ -572,7 +572,7 @@ def test_trailing_newline_store_locations_do_not_open_another_store(world, form)
     except ValueError as exc:
         assert "mongodb" in str(exc) and not isinstance(exc, UnicodeError), exc
         return
-    from reactor.errors import UnknownPipeline
+    from reactor.domain.errors import UnknownPipeline
 
     try:
         job.setup()
@@ -709,7 +709,7 @@ def test_invoke_non_utf8_parameters_are_rejections_in_a_real_process(world):
     before = world.dump()
     procs = {}
     for name, value in NON_UTF8.items():
-        procs[name] = subprocess.Popen([sys.executable, "-m", "reactor.cli", "invoke"],
+        procs[name] = subprocess.Popen([sys.executable, "-m", "reactor.cli.main", "invoke"],
                                        env=_non_utf8_env(world, name, value), cwd=world.base,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     problems = []
@@ -1296,7 +1296,7 @@ def served(amqp_url, tmp_path_factory):
     """One real ``reactor serve`` process (JSON logs), its store holding the jobs ``JOBS``, the
     real RabbitMQ with a topology of its own."""
     from queue_helpers import QueueSetup
-    from reactor.publisher import publish
+    from reactor.broker.publisher import publish
 
     base = tmp_path_factory.mktemp("hostile-serve")
     setup = QueueSetup(amqp_url, f"sqlite:///{base / 'store.db'}", base,
@@ -1564,8 +1564,8 @@ def test_serve_and_invoke_agree_on_callbacks_at_the_depth_limit(served, world):
     ``reactor invoke`` agree on each (accepted by both or refused by both); a 202 means the
     queued message is one the consumer applies; the deepest accepted RUNNING callback is
     accepted (not a 500) and one level beyond the limit is refused."""
-    from reactor import messages
-    from reactor.pipeline import Pipeline
+    from reactor.contract import messages
+    from reactor.engine.pipeline import Pipeline
 
     limit = getattr(messages, "MAX_DEPTH", 64)
 

@@ -6,8 +6,8 @@ import uuid as _uuid
 
 import pytest
 
-from reactor import identifiers
-from reactor.identifiers import check_typed, history_uuid, job_uuid, pipeline_uuid, typed_uuid
+from reactor.domain import identifiers
+from reactor.domain.identifiers import check_typed, history_uuid, job_uuid, pipeline_uuid, typed_uuid
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 PIPE = pipeline_uuid("tacobot")

@@ -57,7 +57,7 @@ class Actor:
                         for k, v in params.items()})
         else:
             env.update(params)
-        args = [sys.executable, "-m", "reactor.cli"] + (["--debug"] if debug else []) + \
+        args = [sys.executable, "-m", "reactor.cli.main"] + (["--debug"] if debug else []) + \
             ["invoke"]
         done = subprocess.run(args, env=env, cwd=self.cwd, capture_output=True, timeout=120)
         lines = done.stdout.decode().splitlines()
@@ -204,7 +204,7 @@ def test_works_with_the_embedded_default_and_nothing_configured(tmp_path, monkey
     app.close()
     assert (tmp_path / "state" / "secret").stat().st_mode & 0o777 == 0o600
     env["MSG"] = json.dumps({"uuid": record["uuid"], "name": "run", "token": token})
-    done = subprocess.run([sys.executable, "-m", "reactor.cli", "invoke"], env=env,
+    done = subprocess.run([sys.executable, "-m", "reactor.cli.main", "invoke"], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["state"] == "RUNNING"

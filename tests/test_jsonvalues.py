@@ -1,9 +1,9 @@
-"""The caller-data rule (``reactor.jsonvalues``): what every path stores, refused by name."""
+"""The caller-data rule (``reactor.domain.jsonvalues``): what every path stores, refused by name."""
 from __future__ import annotations
 
 import pytest
 
-from reactor.jsonvalues import NotJSON, check_json, check_text
+from reactor.domain.jsonvalues import NotJSON, check_json, check_text
 
 
 @pytest.mark.parametrize("value, where", [

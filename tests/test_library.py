@@ -16,11 +16,12 @@ from conftest import STATE_PATHS
 from transitions.core import MachineError
 
 from reactor import ManagedPipelineJob, ManagedPipelineJobError, ManagedPipelineJobInstance
-from reactor import errors, lifecycle
-from reactor.errors import ArchiveError, AuthError, ConfigError, UnknownJob, UnknownPipeline
-from reactor.identifiers import job_uuid, pipeline_uuid, typed_uuid
-from reactor.jobs import Jobs
-from reactor.tokens import Authority
+from reactor.domain import errors
+from reactor.domain import lifecycle
+from reactor.domain.errors import ArchiveError, AuthError, ConfigError, UnknownJob, UnknownPipeline
+from reactor.domain.identifiers import job_uuid, pipeline_uuid, typed_uuid
+from reactor.engine.jobs import Jobs
+from reactor.domain.tokens import Authority
 
 SECRET = "library-test-secret-" + "y" * 20
 AUTH = Authority(SECRET)
@@ -272,7 +273,7 @@ def test_archive_path_outside_the_root_is_refused_and_nothing_is_written(make, s
 def _legacy_job(store, pipeline, n, archive_path, **fields):
     """A job written straight through the store, bypassing Jobs.create and its checks (as
     records made before archives had to be their own, or by a race)."""
-    from reactor import records
+    from reactor.domain import records
 
     uid = typed_uuid("pipelinejob", f"legacy {n}")
     record = records.new_job_record(uuid=uid, pipeline_uuid=pipeline, data={"legacy": n},
@@ -411,7 +412,7 @@ def test_jobs_create_stores_the_normalised_real_path(store, pipeline, root):
 def cli(store_uri, root, tmp_path, monkeypatch):
     """``reactor …`` in-process on the test store, with the test archive root and secret."""
     from click.testing import CliRunner
-    from reactor.cli import main
+    from reactor.cli.main import main
 
     monkeypatch.setenv("REACTOR_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("REACTOR_STORE_URI", store_uri)
@@ -1021,9 +1022,9 @@ def test_exports_and_error_types():
 
 def test_import_reactor_stays_cheap():
     code = ("import sys, reactor; "
-            "heavy = [m for m in ('reactor.library', 'pymongo', 'transitions', 'yaml') "
+            "heavy = [m for m in ('reactor.ingress.library', 'pymongo', 'transitions', 'yaml') "
             "if m in sys.modules]; print(heavy); "
-            "from reactor import ManagedPipelineJob; print('reactor.library' in sys.modules)")
+            "from reactor import ManagedPipelineJob; print('reactor.ingress.library' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["[]", "True"]
 

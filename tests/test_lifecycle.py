@@ -11,7 +11,7 @@ import pytest
 from conftest import STATE_PATHS
 from transitions.core import MachineError
 
-from reactor import lifecycle
+from reactor.domain import lifecycle
 
 # SPEC §2 as a state × event matrix; "-" = not allowed from that state.
 MATRIX = """

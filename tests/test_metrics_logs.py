@@ -11,10 +11,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reactor.logs import (ConsoleFormatter, JsonFormatter, choose_format, log_outcome,
+from reactor.obs.logs import (ConsoleFormatter, JsonFormatter, choose_format, log_outcome,
                           setup_logging)
-from reactor.metrics import Metrics
-from reactor.outcomes import APPLIED, DUPLICATE, REJECTED, RETRY, Outcome
+from reactor.obs.metrics import Metrics
+from reactor.domain.outcomes import APPLIED, DUPLICATE, REJECTED, RETRY, Outcome
 
 TOKEN = "0123456789abcdef0123456789abcdef"  # shaped like a job token; used only here
 
@@ -244,7 +244,7 @@ def test_setup_logging_replaces_its_handler_instead_of_doubling_lines():
 def test_consume_metrics_and_json_logs_move_with_the_outcomes_of_a_small_workload(
         amqp_url, mongo_store_uri, tmp_path):
     from queue_helpers import QueueSetup, event, free_port, make_jobs, stop, wait_until
-    from reactor.publisher import OutgoingMessage, publish
+    from reactor.broker.publisher import OutgoingMessage, publish
     from test_serve import json_log_lines
 
     setup = QueueSetup(amqp_url, mongo_store_uri, tmp_path)
@@ -288,7 +288,7 @@ def test_consume_metrics_and_json_logs_move_with_the_outcomes_of_a_small_workloa
         assert sorted(line["message_id"] for line in per_message) == sorted(
             mid for mid, _ in bodies)
         for line in per_message:
-            assert line["logger"] == "reactor.consumer" and line["attempt"] == 1
+            assert line["logger"] == "reactor.consume.consumer" and line["attempt"] == 1
             assert isinstance(line["latency_ms"], float) and line["latency_ms"] >= 0
         assert {line["outcome"] for line in per_message} == {
             "applied", "duplicate", "rejected:auth_failed", "rejected:schema_invalid"}
@@ -320,7 +320,7 @@ class _CountingStream:
 def test_batched_lines_are_written_together_and_other_threads_are_not_held():
     import threading
 
-    from reactor.logs import batched, setup_logging
+    from reactor.obs.logs import batched, setup_logging
 
     stream = _CountingStream()
     handler = setup_logging("INFO", "json", stream=stream)

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from reactor import schemas
-from reactor.jobs import Jobs
-from reactor.outcomes import REJECT_REASONS
-from reactor.pipeline import Pipeline
+from reactor.contract import schemas
+from reactor.engine.jobs import Jobs
+from reactor.domain.outcomes import REJECT_REASONS
+from reactor.engine.pipeline import Pipeline
 
 UNKNOWN_JOB = "107ffff0-0000-5000-8000-000000000000"
 
@@ -297,8 +297,8 @@ def test_operator_and_dotted_keys_are_data(jobs, pipeline):
 def test_a_store_that_stays_locked_is_a_retry_and_changes_nothing(tmp_path, authority):
     import sqlite3
 
-    from reactor.identifiers import pipeline_uuid
-    from reactor.jobs import Jobs
+    from reactor.domain.identifiers import pipeline_uuid
+    from reactor.engine.jobs import Jobs
     from reactor.store.sqlite import SqliteJobStore
 
     uri = f"sqlite:///{tmp_path / 'locked.db'}"
@@ -407,7 +407,7 @@ def _nested(depth: int) -> dict:
 def test_a_running_callback_must_fit_as_event_data(jobs, pipeline):
     """Its body becomes the event's data one level deeper: it must be valid there too, so a
     callback accepted here (or by ``reactor invoke``) is never refused once queued."""
-    from reactor.messages import MAX_DEPTH
+    from reactor.contract.messages import MAX_DEPTH
 
     uuid, token = new_job(jobs)
     params = {"uuid": uuid, "token": token}

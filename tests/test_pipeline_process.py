@@ -1,4 +1,4 @@
-"""The pipeline in a child process (``reactor.pipeline_process``): its request protocol, the
+"""The pipeline in a child process (``reactor.engine.pipeline_process``): its request protocol, the
 order it keeps when a message is left undecided, and the child's life (start, stop, orphaned)."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 
 from queue_helpers import SECRET, event, make_jobs
 from reactor.app import App
-from reactor.batching import GroupCommit
-from reactor.errors import PipelineProcessGone, StoreUnavailable
-from reactor.outcomes import RETRY, Outcome
-from reactor.pipeline_process import PipelineProcess, _Child
+from reactor.engine.batching import GroupCommit
+from reactor.domain.errors import PipelineProcessGone, StoreUnavailable
+from reactor.domain.outcomes import RETRY, Outcome
+from reactor.engine.pipeline_process import PipelineProcess, _Child
 
 
 @pytest.fixture
@@ -190,7 +190,7 @@ def test_the_child_exits_when_the_consumer_is_killed(app, tmp_path):
         [sys.executable, "-c", textwrap.dedent("""
             import sys, time
             from reactor.app import App
-            from reactor.pipeline_process import PipelineProcess
+            from reactor.engine.pipeline_process import PipelineProcess
             app = App.from_env({"REACTOR_STORE_URI": sys.argv[1], "REACTOR_SECRET": sys.argv[2]})
             remote = PipelineProcess(app.settings, group_commit=False)
             print(remote.pid, flush=True)

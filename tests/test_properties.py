@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from reactor.lifecycle import EVENT_NAMES
-from reactor.messages import PARAM_NAMES
-from reactor.outcomes import APPLIED, DUPLICATE, REJECTED, RETRY, Outcome
-from reactor.pipeline import Pipeline
+from reactor.domain.lifecycle import EVENT_NAMES
+from reactor.contract.messages import PARAM_NAMES
+from reactor.domain.outcomes import APPLIED, DUPLICATE, REJECTED, RETRY, Outcome
+from reactor.engine.pipeline import Pipeline
 
 SETTINGS = settings(max_examples=120, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,

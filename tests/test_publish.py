@@ -12,9 +12,9 @@ import pytest
 
 from conftest import missing
 from queue_helpers import QueueSetup, drain
-from reactor.errors import ValidationError
-from reactor.identifiers import typed_uuid
-from reactor.publisher import message_id, parse_messages
+from reactor.domain.errors import ValidationError
+from reactor.domain.identifiers import typed_uuid
+from reactor.broker.publisher import message_id, parse_messages
 
 JOB = typed_uuid("pipelinejob", "publish tests")
 
@@ -74,7 +74,7 @@ def setup(amqp_url, sqlite_uri, tmp_path):
 
 
 def _publish(setup: QueueSetup, *args: str, stdin: bytes = b"", env: dict | None = None):
-    return subprocess.run([sys.executable, "-m", "reactor.cli", "publish", *args],
+    return subprocess.run([sys.executable, "-m", "reactor.cli.main", "publish", *args],
                           input=stdin, env=env or setup.env(), cwd=setup.workdir,
                           capture_output=True, timeout=120)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from reactor import replay
-from reactor.errors import ValidationError
-from reactor.outcomes import REJECT_REASONS
+from reactor.ops import replay
+from reactor.domain.errors import ValidationError
+from reactor.domain.outcomes import REJECT_REASONS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "message_examples"
@@ -21,7 +21,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REACTOR_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["REACTOR_STATE_DIR"] = str(cwd / "state")
-    return subprocess.run([sys.executable, "-m", "reactor.cli", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "reactor.cli.main", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -34,7 +34,7 @@ def test_every_message_example_replays_as_expected(store_uri):
 
 
 def test_the_examples_cover_every_message_type():
-    from reactor import messages
+    from reactor.contract import messages
 
     kinds = set()
     for example in replay.load([EXAMPLES]):

@@ -8,8 +8,10 @@ import socket
 import pytest
 from jsonschema import Draft202012Validator
 
-from reactor import lifecycle, messages, schemas
-from reactor.errors import ConfigError
+from reactor.domain import lifecycle
+from reactor.contract import messages
+from reactor.contract import schemas
+from reactor.domain.errors import ConfigError
 
 JOB = "107be0e0-539b-5e47-b0b0-d39bb6b90f96"
 
@@ -178,8 +180,8 @@ def test_an_unexpected_field_named_like_a_token_is_not_echoed():
 
 
 def test_the_job_record_schema_accepts_a_new_record():
-    from reactor.records import new_job_record, now_iso
-    from reactor.identifiers import pipeline_uuid
+    from reactor.domain.records import new_job_record, now_iso
+    from reactor.domain.identifiers import pipeline_uuid
 
     record = new_job_record(uuid=JOB, pipeline_uuid=pipeline_uuid("p"), data={"a": 1},
                             date=now_iso())
@@ -206,7 +208,7 @@ def test_inlined_fast_validators_agree_with_the_referencing_ones():
     """The hot-path validators (refs inlined) accept exactly what the originals accept."""
     from hypothesis import given, settings, strategies as st
 
-    from reactor import schemas
+    from reactor.contract import schemas
 
     good = {"uuid": "107b93f3-1eae-5e79-8a18-0a480f8aa3a5", "name": "run", "token": "t" * 32}
     values = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=40),

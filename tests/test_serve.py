@@ -17,7 +17,7 @@ import pika
 import pytest
 
 from queue_helpers import QueueSetup, free_port, make_jobs, queue_depth, stop, wait_until
-from reactor.identifiers import job_uuid, pipeline_uuid
+from reactor.domain.identifiers import job_uuid, pipeline_uuid
 
 pytestmark = [pytest.mark.rabbitmq]
 
@@ -34,7 +34,7 @@ class ServeProcess:
         env = setup.env(log_format="json", **overrides)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "reactor.cli", "serve", "--port", str(self.port),
+                [sys.executable, "-m", "reactor.cli.main", "serve", "--port", str(self.port),
                  "--grace", "5"], cwd=setup.workdir, env=env, stdout=log, stderr=log)
         wait_until(self._answers, 60, f"reactor serve on port {self.port} to answer /healthz")
 
@@ -373,7 +373,7 @@ def test_each_kind_of_bad_input_gets_its_status_and_json_error_and_publishes_not
         assert srv.stop() == 0, srv.log()
 
     lines = json_log_lines(srv.log())
-    requests = [line for line in lines if line["logger"] == "reactor.serve" and "status" in line]
+    requests = [line for line in lines if line["logger"] == "reactor.ingress.http" and "status" in line]
     assert len(requests) >= len(cases) - 2  # wrong method/unknown path never reach a route
     log_text = srv.log()
     for s in secrets:
@@ -416,7 +416,7 @@ def test_a_client_that_disconnects_mid_body_is_a_4xx_logged_once_at_info(sqlite_
 
 
 def test_a_callback_too_deep_to_become_an_event_is_a_4xx_and_publishes_nothing(sqlite_setup):
-    from reactor.messages import MAX_DEPTH
+    from reactor.contract.messages import MAX_DEPTH
 
     setup = sqlite_setup
     ((job, token),) = make_jobs(setup.app, 1, "deep")
@@ -462,7 +462,7 @@ def test_a_token_sent_in_the_wrong_place_is_never_echoed(sqlite_setup):
     log_text = srv.log()
     assert token not in log_text
     served = [line for line in json_log_lines(log_text)
-              if line["logger"] == "reactor.serve" and "status" in line]
+              if line["logger"] == "reactor.ingress.http" and "status" in line]
     # The access log names the route where the path held no valid job uuid.
     assert served[0]["message"].startswith("GET /jobs/{uuid} 400 bad_request: "), served[0]
     assert [line["status"] for line in served] == [400, 400, 400]  # the 404 reaches no route
@@ -553,7 +553,7 @@ def test_store_outage_answers_503_and_publishes_nothing(sqlite_setup):
         assert ready.json()["store"] != "ok"
         assert srv.stop() == 0, srv.log()
     # Declare the topology the server would have used, then look: nothing was queued.
-    from reactor.publisher import publish
+    from reactor.broker.publisher import publish
 
     publish(setup.amqp_url, setup.topology, [])
     assert queue_depth(setup.amqp_url, setup.names["queue"]) == 0
@@ -562,27 +562,27 @@ def test_store_outage_answers_503_and_publishes_nothing(sqlite_setup):
 def test_serve_refuses_to_start_without_a_broker_or_secret(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("REACTOR_")}
     env["REACTOR_STATE_DIR"] = str(tmp_path / ".reactor")
-    out = subprocess.run([sys.executable, "-m", "reactor.cli", "serve", "--port", "0"],
+    out = subprocess.run([sys.executable, "-m", "reactor.cli.main", "serve", "--port", "0"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "REACTOR_BROKER_URL" in out.stderr
     env.update(REACTOR_BROKER_URL="amqp://guest:guest@127.0.0.1:1/%2F",
                REACTOR_STORE_URI="mongodb://127.0.0.1:1/x")
-    out = subprocess.run([sys.executable, "-m", "reactor.cli", "serve", "--port", "0"],
+    out = subprocess.run([sys.executable, "-m", "reactor.cli.main", "serve", "--port", "0"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "secret" in out.stderr
     env.update(REACTOR_SECRET="serve-test-secret-" + "z" * 16,
                REACTOR_STORE_URI=f"sqlite:///{tmp_path / 'reactor.db'}")
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        out = subprocess.run([sys.executable, "-m", "reactor.cli", "serve", "--port", str(port)],
+        out = subprocess.run([sys.executable, "-m", "reactor.cli.main", "serve", "--port", str(port)],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and f"could not serve on 127.0.0.1:{port}" in out.stderr
 
 
 # --------------------------------------------------------------------------------- contract
 def test_the_queue_message_is_self_contained_and_round_trips_through_the_contract():
-    from reactor import messages
-    from reactor.serve import outgoing_body
+    from reactor.contract import messages
+    from reactor.ingress.http import outgoing_body
 
     job = job_uuid(pipeline_uuid("serve-tests-contract"), [], {})
     token = "t" * 32
@@ -612,8 +612,8 @@ def test_the_queue_message_is_self_contained_and_round_trips_through_the_contrac
 def test_a_queue_message_the_contract_refuses_or_changes_is_a_4xx_never_a_500():
     from types import SimpleNamespace
 
-    from reactor import messages
-    from reactor.serve import HttpError, Ingress, outgoing_body
+    from reactor.contract import messages
+    from reactor.ingress.http import HttpError, Ingress, outgoing_body
 
     job = job_uuid(pipeline_uuid("serve-tests-outgoing"), [], {})
     ingress = SimpleNamespace(max_bytes=262144)  # all _check_outgoing reads of the Ingress

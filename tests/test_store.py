@@ -11,9 +11,9 @@ from datetime import datetime
 import pymongo
 import pytest
 
-from reactor import records
-from reactor.errors import StoreError, StoreUnavailable
-from reactor.identifiers import job_uuid, pipeline_uuid, typed_uuid
+from reactor.domain import records
+from reactor.domain.errors import StoreError, StoreUnavailable
+from reactor.domain.identifiers import job_uuid, pipeline_uuid, typed_uuid
 from reactor.store import open_store
 from reactor.store.bson_codec import encode_job
 

@@ -21,9 +21,9 @@ pytestmark = pytest.mark.timeout(600)
 
 def _apply_updates(store_uri: str, uuid: str, worker: int, count: int, keyed: bool) -> None:
     """Child process: apply ``count`` reflexive updates to job ``uuid`` with its token."""
-    from reactor.jobs import Jobs
+    from reactor.engine.jobs import Jobs
     from reactor.store import open_store
-    from reactor.tokens import Authority
+    from reactor.domain.tokens import Authority
 
     authority = Authority(TEST_SECRET)
     with open_store(store_uri) as store:
@@ -85,9 +85,9 @@ def test_concurrent_copies_of_the_same_messages_apply_once(jobs, store, store_ur
 
 def _create(store_uri: str, pipeline: str) -> bool:
     """Child process: create the job every worker creates; whether this call created it."""
-    from reactor.jobs import Jobs
+    from reactor.engine.jobs import Jobs
     from reactor.store import open_store
-    from reactor.tokens import Authority
+    from reactor.domain.tokens import Authority
 
     with open_store(store_uri) as store:
         return Jobs(store, Authority(TEST_SECRET)).create(pipeline, data={"race": "create"})[1]
@@ -106,7 +106,7 @@ def test_concurrent_creates_make_exactly_one_job(jobs, store, store_uri):
 def _commit_light(store_uri: str, uuid: str, worker: int, count: int) -> None:
     """Child process: ``count`` compare-and-sets straight on the store, reading and writing
     without history (the hot path's calls); a miss re-reads and tries again."""
-    from reactor import records
+    from reactor.domain import records
     from reactor.store import open_store
 
     with open_store(store_uri) as store:
@@ -166,9 +166,9 @@ def _interleave(store_uri: str, uuids: list[str], worker: int, results) -> None:
     """Child process with a client of its own: ``ROUNDS`` update events on every job, each
     with a duplicate key of its own, and a copy of each round's events after the next round's;
     reports (worker, applied, refused copies)."""
-    from reactor.jobs import Jobs
+    from reactor.engine.jobs import Jobs
     from reactor.store import open_store
-    from reactor.tokens import Authority
+    from reactor.domain.tokens import Authority
 
     authority = Authority(TEST_SECRET)
     mode = MODES[worker % len(MODES)]
@@ -222,9 +222,9 @@ DELETE_EVENTS = 25
 def _delete_and_update(store_uri: str, doomed: str, linking: str, worker: int) -> None:
     """Child process: hard-delete ``doomed`` (unlinking it everywhere) in the middle of
     ``DELETE_EVENTS`` update events on ``linking``, the job that links every doomed one."""
-    from reactor.jobs import Jobs
+    from reactor.engine.jobs import Jobs
     from reactor.store import open_store
-    from reactor.tokens import Authority
+    from reactor.domain.tokens import Authority
 
     authority = Authority(TEST_SECRET)
     with open_store(store_uri) as store:

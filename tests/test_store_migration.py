@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from reactor import records
-from reactor.errors import StoreError
-from reactor.identifiers import job_uuid, pipeline_uuid
+from reactor.domain import records
+from reactor.domain.errors import StoreError
+from reactor.domain.identifiers import job_uuid, pipeline_uuid
 from reactor.store import open_store
 
 PIPELINE = pipeline_uuid("migration-tests")

@@ -12,7 +12,7 @@ import pytest
 
 from queue_helpers import (QueueSetup, Workload, count_lines, make_jobs, stop, total_depth,
                            wait_until, while_running)
-from reactor.supervisor import plan
+from reactor.consume.supervisor import plan
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_members_drain_and_stop_when_the_supervisor_is_killed(setup, tmp_path):
     (["--processes", "0"], "Invalid value for '--processes'"),
 ])
 def test_a_bad_process_layout_is_refused_before_anything_starts(setup, args, message):
-    done = subprocess.run([sys.executable, "-m", "reactor.cli", "consume", *args],
+    done = subprocess.run([sys.executable, "-m", "reactor.cli.main", "consume", *args],
                           cwd=setup.workdir, env=setup.env(), capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2, done.stderr
@@ -135,7 +135,7 @@ def test_each_member_gets_its_own_partitions_health_file_and_metrics_port():
     children = plan(3, 6, grace_s=7.0, health_file="/run/h.json", health_interval_s=2.0,
                     metrics_port=9100, metrics_host="127.0.0.1", root_args=["--config", "c.yml"])
     for index, command in enumerate(children.commands):
-        assert command[1:6] == ["-m", "reactor.cli", "--config", "c.yml", "consume"]
+        assert command[1:6] == ["-m", "reactor.cli.main", "--config", "c.yml", "consume"]
         text = " ".join(command)
         assert f"--member {index}/3 --partitions 6 --grace 7.0 --health-interval 2.0" in text
         assert f"--health-file /run/h.json.member{index}" in text

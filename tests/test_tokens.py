@@ -6,9 +6,9 @@ import hmac
 
 import pytest
 
-from reactor import tokens
-from reactor.identifiers import typed_uuid
-from reactor.tokens import Authority, admin_token, is_admin_token, is_job_token, job_token, mask
+from reactor.domain import tokens
+from reactor.domain.identifiers import typed_uuid
+from reactor.domain.tokens import Authority, admin_token, is_admin_token, is_job_token, job_token, mask
 
 SECRET = "unit-test-secret-" + "k" * 20
 JOB = typed_uuid("pipelinejob", "job one")

@@ -14,9 +14,9 @@ import pytest
 
 from queue_helpers import delete_topology, drain, free_port, queue_depth, wait_until
 
-from reactor.errors import ConfigError
-from reactor.publisher import OutgoingMessage, publish
-from reactor.transport import (ConfirmingPublisher, ConsumerTransport, Endpoints, Topology,
+from reactor.domain.errors import ConfigError
+from reactor.broker.publisher import OutgoingMessage, publish
+from reactor.broker.transport import (ConfirmingPublisher, ConsumerTransport, Endpoints, Topology,
                                broker_urls, redact_url)
 
 PREFETCH = 5
@@ -231,8 +231,8 @@ def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered_by_the_broke
     assert [d.body for d in dead] == [b"poison"]
     assert dead[0].headers["x-first-death-reason"] == "delivery_limit"
     # ``reactor deadletters`` names it as the reactor would have: its attempts ran out.
-    from reactor.deadletters import from_queued
-    from reactor.transport import QueuedMessage
+    from reactor.ops.deadletters import from_queued
+    from reactor.broker.transport import QueuedMessage
 
     letter = from_queued(QueuedMessage(0, dead[0].body, {"headers": dead[0].headers},
                                        dead[0].routing_key, topology.exchange, False))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reactor import records
-from reactor.identifiers import pipeline_uuid
+from reactor.domain import records
+from reactor.domain.identifiers import pipeline_uuid
 from reactor.store.sqlite import SqliteJobStore
 from reactor.store.writer_turns import WriterTurns
 
@@ -113,7 +113,7 @@ def test_writers_in_several_processes_lose_nothing_while_taking_turns(sqlite_uri
     uuids = [_job(store, n) for n in range(workers)]
     code = """
 import sys
-from reactor import records
+from reactor.domain import records
 from reactor.store.sqlite import SqliteJobStore
 store = SqliteJobStore(sys.argv[1])
 for i in range(60):

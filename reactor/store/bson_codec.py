@@ -12,7 +12,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from ..records import now_iso
+from ..domain.records import now_iso
 from .checks import parse_timestamp
 
 # '%' is escaped first-class so every '%XX' in a stored key came from escaping, which makes the

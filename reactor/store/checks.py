@@ -9,8 +9,8 @@ import re
 from datetime import datetime
 from typing import Any
 
-from .. import jsonvalues
-from ..records import LINKAGE_FIELDS
+from ..domain import jsonvalues
+from ..domain.records import LINKAGE_FIELDS
 
 # ASCII digits only: a timestamp must read back as the very same string from every backend.
 TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")

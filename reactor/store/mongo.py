@@ -41,8 +41,8 @@ from pymongo.errors import (
 )
 from pymongo.write_concern import WriteConcern
 
-from ..errors import StoreError, StoreUnavailable
-from ..records import LINKAGE_FIELDS
+from ..domain.errors import StoreError, StoreUnavailable
+from ..domain.records import LINKAGE_FIELDS
 from .base import COLLECTIONS_WITH_LINKS, JobStore, archive_query
 from .bson_codec import decode, encode_entry, encode_job, escape
 from .checks import (

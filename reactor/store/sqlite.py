@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from ..errors import StoreError, StoreUnavailable
+from ..domain.errors import StoreError, StoreUnavailable
 from .base import JobStore, apply_in_waves, archive_query
 from .writer_turns import WriterTurns
 from .checks import (

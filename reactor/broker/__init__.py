@@ -1,0 +1,1 @@
+"""The broker: RabbitMQ topology, consuming, confirmed publishing. The only pika code."""

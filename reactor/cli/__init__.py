@@ -1,0 +1,1 @@
+"""The `reactor` command line: one click group whose subcommands load on first use."""

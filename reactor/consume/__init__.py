@@ -1,0 +1,1 @@
+"""The long-running consumer: take deliveries, run the engine, settle each one."""

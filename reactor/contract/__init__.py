@@ -1,0 +1,1 @@
+"""The message contract: what crosses the wire (bytes to messages, JSON Schemas)."""

@@ -1,0 +1,6 @@
+"""`python -m reactor.docgen [--check]`."""
+import sys
+
+from .generate import main
+
+sys.exit(main())

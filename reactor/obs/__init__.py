@@ -1,0 +1,1 @@
+"""Observability: log formatting with token masking, Prometheus metrics."""

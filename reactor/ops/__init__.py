@@ -1,0 +1,1 @@
+"""Operations: replaying fixtures, the demo, browsing and re-driving dead letters."""

@@ -31,6 +31,7 @@ from pika.adapters.select_connection import IOLoop
 from pika.exchange_type import ExchangeType
 
 from ..domain.errors import BrokerError, ConfigError
+from .base import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -337,34 +338,6 @@ def basic_properties(props: Mapping[str, Any]) -> pika.BasicProperties:
               if k in COPIED_PROPERTIES + ("headers", "delivery_mode")}
     values.setdefault("delivery_mode", pika.DeliveryMode.Persistent)
     return pika.BasicProperties(**values)
-
-
-# --------------------------------------------------------------------------------- deliveries
-@dataclass(frozen=True)
-class Delivery:
-    """One message as delivered: body, where it came from, and the tag to settle it with.
-
-    ``generation`` numbers the channel the delivery arrived on: a tag is only meaningful on
-    that channel, so a delivery from an older generation is never acked.
-    """
-
-    body: bytes
-    tag: int
-    generation: int
-    queue: str
-    exchange: str
-    routing_key: str
-    redelivered: bool
-    properties: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def headers(self) -> Mapping[str, Any]:
-        return self.properties.get("headers") or {}
-
-    @property
-    def message_id(self) -> str | None:
-        value = self.properties.get("message_id")
-        return str(value) if value not in (None, "") else None
 
 
 class Backoff:

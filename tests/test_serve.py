@@ -584,7 +584,7 @@ def test_serve_refuses_to_start_without_a_broker_or_secret(tmp_path):
 # --------------------------------------------------------------------------------- contract
 def test_the_queue_message_is_self_contained_and_round_trips_through_the_contract():
     from reactor.contract import messages
-    from reactor.ingress.http import outgoing_body
+    from reactor.ingress.handlers import outgoing_body
 
     job = job_uuid(pipeline_uuid("serve-tests-contract"), [], {})
     token = "t" * 32
@@ -616,7 +616,8 @@ def test_a_queue_message_the_contract_refuses_or_changes_is_a_4xx_never_a_500():
 
     from reactor.contract import messages
     from reactor.domain.jsonvalues import MESSAGE_MAX_DEPTH
-    from reactor.ingress.http import HttpError, Ingress, outgoing_body
+    from reactor.ingress.handlers import Ingress, outgoing_body
+    from reactor.ingress.request import HttpError
 
     job = job_uuid(pipeline_uuid("serve-tests-outgoing"), [], {})
     ingress = SimpleNamespace(max_bytes=262144)  # all _check_outgoing reads of the Ingress

@@ -14,7 +14,7 @@ first two derive from ``reactor.domain.errors.ReactorError``.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Self
 from urllib.parse import urlencode
 
 from ..engine import archive
@@ -94,7 +94,7 @@ class _JobHandle:
         return self._jobs.apply(uid, event, data, token)
 
     def reset(self, data: dict | None = None, token: str | None = None,
-              no_clear_path: bool = False):
+              no_clear_path: bool = False) -> Self:
         """Reset (admin): → RESET, empty the archive directory (kept), → CREATED; history kept."""
         if not isinstance(no_clear_path, bool):
             raise TypeError("no_clear_path must be True or False")
@@ -146,7 +146,7 @@ class _JobHandle:
         """Release the store connection."""
         self._app.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -416,14 +416,16 @@ def test_a_client_that_disconnects_mid_body_is_a_4xx_logged_once_at_info(sqlite_
 
 
 def test_a_callback_too_deep_to_become_an_event_is_a_4xx_and_publishes_nothing(sqlite_setup):
-    from reactor.contract.messages import MAX_DEPTH
+    from reactor.domain.jsonvalues import MESSAGE_MAX_DEPTH
 
     setup = sqlite_setup
     ((job, token),) = make_jobs(setup.app, 1, "deep")
-    # The body itself is one level, so "deep" adds MAX_DEPTH - 1 (at the limit) or MAX_DEPTH
-    # (beyond it); as an event the job JSON sits one level deeper still, under "data".
-    bodies = {"at the limit": {"id": "hpc-1", "status": "RUNNING", "deep": nested(MAX_DEPTH - 1)},
-              "beyond it": {"id": "hpc-1", "status": "RUNNING", "deep": nested(MAX_DEPTH)}}
+    # The body itself is one level, so "deep" adds MESSAGE_MAX_DEPTH - 1 (at the limit) or
+    # MESSAGE_MAX_DEPTH (beyond it); as an event the job JSON sits one level deeper still, under
+    # "data".
+    bodies = {"at the limit": {"id": "hpc-1", "status": "RUNNING",
+                               "deep": nested(MESSAGE_MAX_DEPTH - 1)},
+              "beyond it": {"id": "hpc-1", "status": "RUNNING", "deep": nested(MESSAGE_MAX_DEPTH)}}
     with ServeProcess(setup) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
         for what, body in bodies.items():
             r = http.post("/callbacks", params={"uuid": job, "token": token,
@@ -582,7 +584,7 @@ def test_serve_refuses_to_start_without_a_broker_or_secret(tmp_path):
 # --------------------------------------------------------------------------------- contract
 def test_the_queue_message_is_self_contained_and_round_trips_through_the_contract():
     from reactor.contract import messages
-    from reactor.ingress.http import outgoing_body
+    from reactor.ingress.handlers import outgoing_body
 
     job = job_uuid(pipeline_uuid("serve-tests-contract"), [], {})
     token = "t" * 32
@@ -613,14 +615,16 @@ def test_a_queue_message_the_contract_refuses_or_changes_is_a_4xx_never_a_500():
     from types import SimpleNamespace
 
     from reactor.contract import messages
-    from reactor.ingress.http import HttpError, Ingress, outgoing_body
+    from reactor.domain.jsonvalues import MESSAGE_MAX_DEPTH
+    from reactor.ingress.handlers import Ingress, outgoing_body
+    from reactor.ingress.request import HttpError
 
     job = job_uuid(pipeline_uuid("serve-tests-outgoing"), [], {})
     ingress = SimpleNamespace(max_bytes=262144)  # all _check_outgoing reads of the Ingress
     message = messages.EventMessage("callback", job, "run", {"status": "RUNNING"}, "t" * 32)
     # Refused on re-reading (nested too deep under "data"): the reason's own status.
     deep = messages.EventMessage("callback", job, "run",
-                                 nested(messages.MAX_DEPTH), "t" * 32)
+                                 nested(MESSAGE_MAX_DEPTH), "t" * 32)
     with pytest.raises(HttpError) as refused:
         Ingress._check_outgoing(ingress, outgoing_body(deep), deep)
     assert (refused.value.status, refused.value.error) == (400, "decode_error")

@@ -4,7 +4,8 @@ Steps, in order, each ending the message with a rejection when it fails:
 
 1. size: more than ``max_bytes`` → ``too_large``;
 2. decode: strict UTF-8, then JSON (no NaN/Infinity, no duplicate keys, nesting at most
-   ``MAX_DEPTH``, no unpaired surrogates) → ``decode_error``; an empty body counts as "no body";
+   ``jsonvalues.MESSAGE_MAX_DEPTH``, no unpaired surrogates) → ``decode_error``; an empty body
+   counts as "no body";
 3. choose the message type by this rule (first match wins; never by trying schemas):
 
    a. the body is not a JSON object                       → rejected (``schema_invalid``)
@@ -33,13 +34,11 @@ from typing import Any, Mapping
 from ..domain import lifecycle
 from . import schemas
 from ..domain.identifiers import check_typed
-from ..domain.jsonvalues import is_text
+from ..domain.jsonvalues import MESSAGE_MAX_DEPTH, Problem, is_text, walk
 from ..domain.outcomes import Reject
 from ..domain.tokens import shown
 
 PARAM_NAMES = ("uuid", "token", "event", "status", "note")
-MAX_DEPTH = 64  # MongoDB refuses documents nested deeper than 100; the record adds 3 levels
-INT64 = (-(2 ** 63), 2 ** 63 - 1)  # BSON integers; larger ones cannot be stored identically
 
 # Job status (Agave v2 / Tapis v3) -> event (SPEC §5.2). Statuses not listed map to "update".
 _FAIL = ("FAILED", "STOPPED", "KILLED", "DELETED", "ARCHIVING_FAILED")
@@ -220,72 +219,31 @@ def _finite_float(text: str) -> float:
     return value
 
 
-class _Unstorable(Exception):
-    """Raised inside ``_walk``; ``parts`` collects the path on the way out."""
-
-    def __init__(self, reason: str, problem: str):
-        super().__init__(problem)
-        self.reason = reason
-        self.problem = problem
-        self.parts: list[str | int] = []
+# The rejection (reason, problem) of each ``jsonvalues.walk`` finding. The decoder yields only
+# JSON types, string keys and finite numbers, so the walker's other findings cannot occur in a
+# decoded document (were one to, it would still be a decode_error, not a crash).
+_REJECTIONS = {
+    "deep": ("decode_error", f"nested deeper than {MESSAGE_MAX_DEPTH} levels"),
+    "bad_text": ("decode_error", "string contains an unpaired UTF-16 surrogate escape"),
+    "bad_key": ("decode_error", "key contains an unpaired UTF-16 surrogate escape"),
+    "big_int": ("schema_invalid", "integer does not fit in 64 bits (rule: int64)"),
+    "nul_key": ("schema_invalid", "object key contains a NUL character (rule: key)"),
+}
 
 
 def _check_tree(doc: Any, texts: bool = True, depth: int = 1) -> None:
     """Refuse what no store can keep identically: deep nesting, NUL in keys, bad unicode
     (looked at only when ``texts``), integers beyond 64 bits.
 
-    The recursion is bounded by ``MAX_DEPTH``, so hostile input cannot exhaust the stack; the
-    path of a problem is built only when there is one."""
+    Containers count as levels, the document itself at ``depth``; the path of a problem is
+    built only when there is one."""
     try:
-        _walk(doc, depth, texts)
-    except _Unstorable as bad:
+        walk(doc, MESSAGE_MAX_DEPTH, depth, leaves=False, texts=texts)
+    except Problem as bad:
         path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{_path_part(p)}"
                              for p in reversed(bad.parts))
-        raise MessageRejected(bad.reason, f"{path}: {bad.problem}") from None
-
-
-def _walk(node: Any, depth: int, texts: bool) -> None:
-    kind = type(node)
-    if kind is dict:
-        if depth > MAX_DEPTH:
-            raise _Unstorable("decode_error", f"nested deeper than {MAX_DEPTH} levels")
-        items = node.items()
-    elif kind is list:
-        if depth > MAX_DEPTH:
-            raise _Unstorable("decode_error", f"nested deeper than {MAX_DEPTH} levels")
-        items = enumerate(node)
-    elif kind is str:
-        if texts:
-            _check_text(node, "string")
-        return
-    elif kind is int:
-        if not INT64[0] <= node <= INT64[1]:
-            raise _Unstorable("schema_invalid", "integer does not fit in 64 bits (rule: int64)")
-        return
-    else:
-        return
-    for k, v in items:
-        if texts and kind is dict:  # a bad key is reported at its object's path
-            _check_text(k, "key")
-            if "\x00" in k:
-                raise _Unstorable("schema_invalid", "object key contains a NUL character "
-                                  "(rule: key)")
-        if type(v) in _CHECKED:
-            try:
-                _walk(v, depth + 1, texts)
-            except _Unstorable as bad:
-                bad.parts.append(k)
-                raise
-
-
-# Node types ``_walk`` has anything to check in (floats were checked by the decoder).
-_CHECKED = (dict, list, str, int)
-
-
-def _check_text(text: str, what: str) -> None:
-    if not is_text(text):
-        raise _Unstorable("decode_error", f"{what} contains an unpaired UTF-16 surrogate "
-                          "escape")
+        reason, problem = _REJECTIONS.get(bad.code, ("decode_error", "not a JSON value"))
+        raise MessageRejected(reason, f"{path}: {problem}") from None
 
 
 def _path_part(key: str) -> str:
@@ -369,7 +327,7 @@ def _callback(body: dict, params: Mapping[str, str]) -> EventMessage:
         except MessageRejected:
             raise MessageRejected("decode_error", f"$: a RUNNING callback's body becomes the "
                                   f"event's data, one level deeper, so it may be nested at "
-                                  f"most {MAX_DEPTH - 1} levels deep", _uuid_hint(
+                                  f"most {MESSAGE_MAX_DEPTH - 1} levels deep", _uuid_hint(
                                       parameters.get("uuid"))) from None
     event = parameters.get("event") or STATUS_EVENTS.get(status, UNKNOWN_STATUS_EVENT)
     return EventMessage("callback", parameters["uuid"], event,

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..domain.errors import ArchiveError
 from ..domain.jsonvalues import is_text
 from ..domain.tokens import shown
+from ..store.base import JobStore
 
 __all__ = ["resolve_under", "is_confined", "ensure_archive", "clear_archive", "default_path",
            "check_path", "spellings", "check_own", "claim"]
@@ -149,7 +150,7 @@ def _relation(mine: Path, other: Path) -> str | None:
     return None
 
 
-def check_own(store, root: str | os.PathLike, path: str | os.PathLike, uuid: str,
+def check_own(store: JobStore, root: str | os.PathLike, path: str | os.PathLike, uuid: str,
               doing: str, enclosing: bool = True) -> Path:
     """The real location of ``path`` if it is job ``uuid``'s own archive: below ``root``, and
     neither another job's archive nor containing one, nor (``enclosing``) inside one; hidden
@@ -182,7 +183,7 @@ def check_own(store, root: str | os.PathLike, path: str | os.PathLike, uuid: str
     return real
 
 
-def claim(store, root: str | os.PathLike | None, path: object, uuid: str) -> str:
+def claim(store: JobStore, root: str | os.PathLike | None, path: object, uuid: str) -> str:
     """The archive path to store for a new job ``uuid``: ``check_path``'s form, once
     ``check_own`` found it is no other job's. "" (no archive) stays "". A job that already
     exists keeps the record it has (creating it writes nothing), so its request is not refused

@@ -13,165 +13,26 @@ first two derive from ``reactor.domain.errors.ReactorError``.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Self
 from urllib.parse import urlencode
 
 from ..engine import archive
 from ..domain import identifiers
 from ..domain import lifecycle
-from ..domain import records
-from ..domain import jsonvalues
-from ..domain.jsonvalues import check_json
 from .. import config as _config
 from ..domain.errors import ArchiveError, AuthError, ManagedPipelineJobError
 from ..domain.tokens import mask, shown
+from .library_args import (
+    check_event_data, check_secret, optional_text, parse_pipelines, resolve_child_of,
+    store_location,
+)
 
-__all__ = ["ManagedPipelineJob", "ManagedPipelineJobInstance", "ManagedPipelineJobError",
-           "store_location"]
+__all__ = ["ManagedPipelineJob", "ManagedPipelineJobInstance", "ManagedPipelineJobError"]
 
-_MONGODB_KEYS = ("authn", "uri", "database")
-_PIPELINES_KEYS = ("job_manager_id", "job_manager_nonce", "pipeline_uuid")
 _EVENT_DOC_KEYS = ("uuid", "name", "data", "token")
-# Metadata keywords that become ``child_of``, in the order the replaced system consulted them:
-# the first one given wins.
-_CHILD_KEYWORDS = (("experiment_design_id", "experiment_design"), ("experiment_id", "experiment"),
-                   ("sample_id", "sample"), ("measurement_id", "measurement"))
-_STORE_SCHEMES = ("mongodb://", "mongodb+srv://", "sqlite:///")
-_DB_NAME = re.compile(r'[^/\\. "$*<>:|?\x00-\x1f\x7f\s]{1,63}')  # fullmatch
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch: "$" would pass a final "\n"
 # create is setup()'s job; reset has library semantics (archive clearing) written by hand.
 _HAND_WRITTEN = frozenset({"create", "reset"})
-
-
-# --- argument checking (pure) ---------------------------------------------------------------
-
-def store_location(mongodb: Any) -> tuple[str, str | None]:
-    """The store URI and database name (or None) named by a ``mongodb`` argument."""
-    if not isinstance(mongodb, dict):
-        raise ValueError("mongodb must be a dict: {'authn': <base64url connection string>} or "
-                         "{'uri': 'mongodb://…' or 'sqlite:///path', 'database': <name>}; got "
-                         f"{type(mongodb).__name__}")
-    unknown = sorted(str(k) for k in mongodb if k not in _MONGODB_KEYS)
-    if unknown:
-        raise ValueError(f"mongodb has unknown key(s) {', '.join(unknown)}; accepted keys: "
-                         + ", ".join(_MONGODB_KEYS))
-    if ("authn" in mongodb) == ("uri" in mongodb):
-        raise ValueError("mongodb needs exactly one of 'authn' (base64url connection string) "
-                         "or 'uri'")
-    if "authn" in mongodb:
-        uri = _decode_authn(mongodb["authn"])
-        what = "mongodb['authn'] decodes to a string that"  # never echo credentials
-    else:
-        uri = mongodb["uri"]
-        if not isinstance(uri, str) or not uri:
-            raise ValueError("mongodb['uri'] must be a non-empty string")
-        what = f"mongodb['uri'] (scheme {uri.split('://')[0][:20]!r})"
-    if not uri.isprintable() or any(c.isspace() for c in uri):
-        # "sqlite:///x.db\n" would open another file; a URI never holds such characters.
-        raise ValueError(f"{what} contains white space or a control character; a store URI "
-                         "has none (a trailing newline, say from `echo … | base64`?)")
-    if not uri.startswith(_STORE_SCHEMES) or uri in _STORE_SCHEMES:
-        raise ValueError(f"{what} is not a usable store URI; use mongodb://host/…, "
-                         "mongodb+srv://… or sqlite:///path/to/file.db")
-    database = mongodb.get("database")
-    if database is None:
-        return uri, None
-    if uri.startswith("sqlite:"):
-        raise ValueError("mongodb['database'] applies to MongoDB only; the sqlite store is the "
-                         "file named by the URI")
-    if not isinstance(database, str) or not _DB_NAME.fullmatch(database):
-        raise ValueError(f"mongodb['database'] must be a MongoDB database name (1-63 characters, "
-                         f"none of / \\ . space \" $ * < > : | ?), got {shown(database)}")
-    in_uri = uri.split("://", 1)[1].partition("/")[2].split("?")[0]
-    if in_uri and in_uri != database:
-        raise ValueError(f"mongodb['database'] is {database!r} but the URI names database "
-                         f"{in_uri!r}; give one or make them agree")
-    return uri, database
-
-
-def _decode_authn(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("mongodb['authn'] must be a non-empty base64url-encoded connection "
-                         "string")
-    # Accept the standard alphabet and padding too: the replaced system's values used them.
-    text = value.strip().replace("+", "-").replace("/", "_").rstrip("=")
-    if not _BASE64URL.fullmatch(text):
-        raise ValueError("mongodb['authn'] is not base64url text (A-Z a-z 0-9 - _)")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValueError("mongodb['authn'] does not decode to a UTF-8 connection string") from None
-
-
-def _check_event_data(data: Any) -> dict | None:
-    return check_json(records.check_data(data))
-
-
-def _optional_text(value: Any, what: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
-    return value
-
-
-def _uuid_list(value: Any, what: str, kind: str | None) -> list[str]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
-        raise TypeError(f"{what} must be a uuid string or a list of them, not "
-                        f"{type(value).__name__}")
-    if kind is None:
-        return [identifiers.check_any_typed(item, what) for item in items]
-    out = []
-    for item in items:
-        try:
-            out.append(identifiers.check_typed(item, kind))
-        except ValueError as exc:
-            raise ValueError(f"{what}: {exc}") from None
-    return out
-
-
-def _resolve_child_of(child_of: Any, ids: dict[str, Any]) -> list[str]:
-    if child_of is not None:
-        return _uuid_list(child_of, "child_of", None)
-    for keyword, kind in _CHILD_KEYWORDS:
-        if ids.get(keyword) is not None:
-            return _uuid_list(ids[keyword], keyword, kind)
-    return []
-
-
-def _parse_pipelines(pipelines: Any, pipeline_uuid: Any) -> tuple[str, str | None, str | None]:
-    if pipelines is None:
-        pipelines = {}
-    if not isinstance(pipelines, dict):
-        raise ValueError("pipelines must be a dict with 'pipeline_uuid' (and optionally "
-                         f"'job_manager_id', 'job_manager_nonce'), got {type(pipelines).__name__}")
-    unknown = sorted(str(k) for k in pipelines if k not in _PIPELINES_KEYS)
-    if unknown:
-        raise ValueError(f"pipelines has unknown key(s) {', '.join(unknown)}; accepted keys: "
-                         + ", ".join(_PIPELINES_KEYS))
-    chosen = pipeline_uuid if pipeline_uuid is not None else pipelines.get("pipeline_uuid")
-    if chosen is None:
-        raise ValueError("no pipeline uuid: give pipelines['pipeline_uuid'] or pipeline_uuid=")
-    identifiers.check_typed(chosen, "pipeline")
-    manager_id = _optional_text(pipelines.get("job_manager_id"), "pipelines['job_manager_id']")
-    nonce = _optional_text(pipelines.get("job_manager_nonce"), "pipelines['job_manager_nonce']")
-    return chosen, manager_id, nonce
-
-
-def _check_secret(secret: Any) -> str | None:
-    if secret is None:
-        return None
-    if not isinstance(secret, str):
-        raise TypeError(f"secret must be a string, not {type(secret).__name__}")
-    jsonvalues.check_text(secret, "secret")  # a lone surrogate cannot be encoded to a key
-    if len(secret.encode()) < 16:
-        raise ValueError("secret must be at least 16 bytes long")
-    return secret
 
 
 # --- the shared handle ----------------------------------------------------------------------
@@ -186,7 +47,7 @@ class _JobHandle:
         from ..app import App
 
         uri, database = store_location(mongodb)
-        secret = _check_secret(secret)
+        secret = check_secret(secret)
         if archive_root is not None and not isinstance(archive_root, (str, os.PathLike)):
             raise TypeError(f"archive_root must be a path, not {type(archive_root).__name__}")
         overrides: dict[str, Any] = {"store_uri": uri}
@@ -218,7 +79,7 @@ class _JobHandle:
 
     def _apply(self, event: str, data: Any, token: Any):
         # Check what can be checked before _attached_uuid(), which may create the job.
-        data = _check_event_data(data)
+        data = check_event_data(data)
         if token is None and lifecycle.is_admin_event(event):
             raise AuthError(f"{event!r} needs an administrative token: pass token=<admin "
                             "token> (`reactor token admin`); the job token cannot authorise it")
@@ -233,11 +94,11 @@ class _JobHandle:
         return self._jobs.apply(uid, event, data, token)
 
     def reset(self, data: dict | None = None, token: str | None = None,
-              no_clear_path: bool = False):
+              no_clear_path: bool = False) -> Self:
         """Reset (admin): → RESET, empty the archive directory (kept), → CREATED; history kept."""
         if not isinstance(no_clear_path, bool):
             raise TypeError("no_clear_path must be True or False")
-        data = _check_event_data(data)
+        data = check_event_data(data)
         if not self._authority.is_admin(token):
             raise AuthError(f"token {mask(token)} is not a valid administrative token; reset "
                             "needs one (`reactor token admin`); the job token cannot authorise it")
@@ -285,7 +146,7 @@ class _JobHandle:
         """Release the store connection."""
         self._app.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -330,21 +191,21 @@ class ManagedPipelineJob(_JobHandle):
             raise TypeError(f"ManagedPipelineJob got unexpected keyword argument(s) "
                             f"{', '.join(sorted(unknown))}")
         # Check every argument before touching configuration or the store.
-        self.pipeline_uuid, self.job_manager_id, self._nonce = _parse_pipelines(pipelines,
+        self.pipeline_uuid, self.job_manager_id, self._nonce = parse_pipelines(pipelines,
                                                                                 pipeline_uuid)
-        self.data: dict = dict(_check_event_data(data) or {})
-        self.child_of = _resolve_child_of(child_of, {
+        self.data: dict = dict(check_event_data(data) or {})
+        self.child_of = resolve_child_of(child_of, {
             "experiment_design_id": experiment_design_id, "experiment_id": experiment_id,
             "sample_id": sample_id, "measurement_id": measurement_id})
         self._requested_uuid = (identifiers.check_typed(uuid, "pipelinejob")
                                 if uuid is not None else None)
-        self._requested_path = _optional_text(archive_path, "archive_path")
+        self._requested_path = optional_text(archive_path, "archive_path")
         if self._requested_path is not None and not self._requested_path.strip():
             raise ValueError("archive_path must not be empty")
-        archive_system = _optional_text(archive_system, "archive_system")
-        self.session = _optional_text(session, "session") or ""
-        self.agent = _optional_text(agent, "agent") or ""
-        self.task = _optional_text(task, "task") or ""
+        archive_system = optional_text(archive_system, "archive_system")
+        self.session = optional_text(session, "session") or ""
+        self.agent = optional_text(agent, "agent") or ""
+        self.task = optional_text(task, "task") or ""
         # Accepted for compatibility with the replaced library; archives here live on the
         # local filesystem under the archive root, so no Agave client is ever called.
         self.agave = agave
@@ -380,7 +241,7 @@ class ManagedPipelineJob(_JobHandle):
 
         A new job's archive must be its own: ``ArchiveError`` (nothing written) for a path
         outside the archive root, or that is, contains or lies inside another job's archive."""
-        extra = _check_event_data(data)
+        extra = check_event_data(data)
         merged = {**self.data, **(extra or {})}
         if self.uuid is not None and not self._gone and merged != self.data:
             raise ManagedPipelineJobError(

@@ -16,14 +16,13 @@ from ..domain.records import LINKAGE_FIELDS
 TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 COLLECTION_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 RESERVED_COLLECTIONS = ("jobs", "pipelines")
-# MongoDB refuses documents nested deeper than 100 levels and integers beyond 64 bits; the
-# embedded store refuses them too, so both backends accept exactly the same records.
-MAX_DEPTH = 100
 
 
 def check_json(value: Any, what: str) -> None:
     """Raise ValueError unless ``value`` is JSON-compatible (string keys, finite numbers, int64)."""
-    jsonvalues.check_json(value, what, MAX_DEPTH, nul_keys=True)
+    # MongoDB's limits (nesting, 64-bit integers), held by the embedded store too, so both
+    # backends accept exactly the same records.
+    jsonvalues.check_json(value, what, jsonvalues.RECORD_MAX_DEPTH, nul_keys=True)
 
 
 def parse_timestamp(value: Any, what: str) -> datetime:

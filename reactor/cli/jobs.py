@@ -260,11 +260,13 @@ def invoke(ctx: click.Context) -> None:
     """
     from ..ingress import invoke as actor
     from ..engine.pipeline import Pipeline
+    from ..obs.logs import setup_logging
 
     debug = bool(ctx.find_root().params.get("debug"))
     app = app_from_context()
     try:
-        actor.log_to_stderr(app.settings.log_level)
+        # Readable lines on stderr, tokens masked: stdout carries only the outcome line.
+        setup_logging(app.settings.log_level, "console", sys.stderr)
         invocation = actor.from_environment()
         outcome = actor.invoke(lambda: _pipeline_or_config_error(Pipeline, app), invocation,
                                debug)

@@ -4,10 +4,12 @@
 The graph is small and changes rarely, so its layout is data written by hand (``PLACES``,
 ``ROUTES``), not computed: the drawing is the same on every machine, with no layout program to
 install. ``layout_problems`` names every state or edge of the table that has no place here
-(the docs test runs it), so a new state or event that makes a new arrow fails until placed.
+(the docs test runs it), so a new state or event that makes a new arrow fails until placed;
+meanwhile a new edge is drawn as a straight line, and a new state stops the drawing.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from . import NOTICE
@@ -168,7 +170,7 @@ def route_points(route: Route) -> list[tuple[float, float]]:
     if route.shift:
         # Perpendicular to the arrow: the two arrows of a pair run side by side.
         dx, dy = b[0] - a[0], b[1] - a[1]
-        length = (dx * dx + dy * dy) ** 0.5
+        length = math.sqrt(dx * dx + dy * dy)  # sqrt is correctly rounded everywhere
         ox, oy = -dy / length * route.shift, dx / length * route.shift
         a, b = (a[0] + ox, a[1] + oy), (b[0] + ox, b[1] + oy)
     inner = list(route.via)
@@ -194,7 +196,7 @@ def label_centre(route: Route) -> tuple[float, float]:
     """Where the centre of the arrow's label stands."""
     points = route_points(route)
     pieces = list(zip(points, points[1:]))
-    lengths = [((b[0] - a[0]) ** 2 + (b[1] - a[1]) ** 2) ** 0.5 for a, b in pieces]
+    lengths = [math.sqrt((b[0] - a[0]) ** 2 + (b[1] - a[1]) ** 2) for a, b in pieces]
     left, i = route.at * sum(lengths), 0
     while i < len(pieces) - 1 and left > lengths[i]:
         left, i = left - lengths[i], i + 1

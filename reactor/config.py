@@ -1,12 +1,24 @@
 """Configuration: ``config.yml`` (path from REACTOR_CONFIG) overridden by REACTOR_* variables.
 
-Every key is declared once in ``KEYS`` with its type, default and meaning; unknown keys and bad
-values are start-up errors that name the key.
+Every key is declared once, as a field of ``Settings`` with its type, default and meaning;
+``KEYS`` is read off those fields and is what the documentation is generated from. Unknown keys
+and bad values are start-up errors that name the key.
+
+``Settings`` is a frozen dataclass rather than a pydantic-settings model: the loader is small,
+its error texts (naming the source and the key, never a value that may hold a password) and
+its boolean spellings are part of the contract, and pydantic's coercion rules and messages
+would have to be overridden key by key to keep them. The fields are written out in the class
+body, not made at run time from a table (``make_dataclass``), so that a type checker sees
+them: ``settings.prefetch`` is an ``int``, and ``settings.prefech`` is an error before it runs
+(and an ``AttributeError`` when it does).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import secrets as _secrets
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -20,16 +32,9 @@ NOT_CONFIG_ENV = frozenset({CONFIG_ENV, "REACTOR_SERVICES_DIR"})
 # String keys that config.yml may also give as a YAML list: kept as one comma-separated string,
 # the form the environment variable takes, so every reader sees one format.
 LIST_KEYS = frozenset({"broker_url"})
-
-
-def _joined(key: "Key", items: list, source: str) -> str:
-    """A YAML list of strings as one comma-separated string; ConfigError naming the entry."""
-    for number, item in enumerate(items, 1):
-        # The entry's value is not shown: a URL may hold a password.
-        if not isinstance(item, str) or not item.strip() or "," in item:
-            raise ConfigError(f"{source}: bad value for {key.name!r}: entry {number} of the "
-                              "list is not a non-empty string without commas")
-    return ",".join(item.strip() for item in items)
+# A URL's password (``scheme://user:password@``), wherever URLs stand in a value: one URL, a
+# comma-separated list of them, a MongoDB seed list.
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s,]*):[^@\s,]*@", re.I)
 
 
 @dataclass(frozen=True)
@@ -44,69 +49,163 @@ class Key:
 
     @property
     def env(self) -> str:
+        """The environment variable that sets this key."""
         return ENV_PREFIX + self.name.upper()
+
+
+def _key(default: Any, help: str, check: Callable[[Any], bool] | None = None) -> Any:
+    """A ``Settings`` field that is a configuration key (``KEYS`` is made of these)."""
+    return field(default=default, metadata={"help": help, "check": check})
 
 
 def _positive(v: Any) -> bool:
     return v > 0
 
 
-KEYS: tuple[Key, ...] = (
-    Key("state_dir", str, ".reactor", "Local state directory of the embedded mode (SQLite file, "
-        "generated secret, archive)"),
-    Key("store_uri", str, "", "mongodb://… or sqlite:///path; empty = sqlite file in state_dir"),
-    Key("database", str, "reactor", "MongoDB database name (when the URI names none)"),
-    Key("write_concern", str, "majority", "MongoDB write concern w: majority or a number"),
-    Key("journal", bool, True, "MongoDB write concern j (wait for the journal)"),
-    Key("server_selection_timeout_ms", int, 3000, "MongoDB server selection timeout",
-        _positive),
-    Key("broker_url", str, "", "amqp://… URL of RabbitMQ, or one per node of a cluster: "
-        "comma-separated (a YAML list in config.yml), tried in a shuffled order, the next "
-        "one when a node is lost; empty = no broker (embedded mode)"),
-    Key("secret", str, "", "Token secret (prefer secret_file); at least 16 bytes"),
-    Key("secret_file", str, "", "File holding the token secret"),
-    Key("token_length", int, 32, "Hex characters of job and admin tokens", lambda v: 16 <= v <= 64),
-    Key("admin_window", int, 3600, "Seconds per admin-token window (valid now and one before)",
-        _positive),
-    Key("archive_root", str, "", "Directory under which job archives live (reset clears only "
-        "below it); empty = state_dir/archive"),
-    Key("archive_system", str, "data-sd2e-community", "Default archive storage system id"),
-    Key("verify_pipelines", bool, True, "Jobs must name a registered pipeline"),
-    Key("callback_url", str, "http://localhost:8080/callbacks", "Base URL of job-status "
-        "callbacks handed to jobs"),
-    Key("max_message_bytes", int, 262144, "Largest accepted message body", _positive),
-    Key("exchange", str, "reactor", "Durable exchange events are published to"),
-    Key("queue", str, "reactor.events", "Main queue"),
-    Key("dead_letter_queue", str, "reactor.dead", "Dead-letter queue"),
-    Key("retry_queue", str, "reactor.retry", "Delayed-retry queue (TTL, dead-letters back)"),
-    Key("queue_type", str, "classic", "classic or quorum: every queue of the topology as a "
-        "replicated quorum queue (a RabbitMQ cluster); main queues then also dead-letter to "
-        "dead_letter_queue once the broker delivered a message max_attempts times",
-        lambda v: v in ("classic", "quorum")),
-    Key("partitions", int, 0, "Partition queues behind a consistent-hash exchange keyed on the "
-        "job uuid, one single-active consumer each (0 = one shared main queue)",
-        lambda v: v >= 0),
-    Key("prefetch", int, 100, "Unacknowledged deliveries per consumer", _positive),
-    Key("batch_size", int, 50, "Group commit: up to this many deliveries are committed in one "
-        "store write (one compare-and-set per job) and acknowledged with one multiple-ack after "
-        "it; 1 = one commit per message; capped at prefetch", lambda v: 1 <= v <= 1000),
-    Key("batch_wait_ms", int, 0, "Group commit: how long a partial batch waits for more "
-        "deliveries before it is committed (0 = commit what has arrived at once; under load "
-        "batches fill by themselves)", lambda v: 0 <= v <= 1000),
-    Key("pipeline_process", bool, True, "reactor consume runs the pipeline (decode … commit) in "
-        "a child process, so that it does not share an interpreter lock with the RabbitMQ "
-        "client; false = in the consumer's own process"),
-    Key("retry_delay_ms", int, 1000, "Delay before a delayed retry", _positive),
-    Key("max_attempts", int, 5, "Deliveries of one message before it is dead-lettered",
-        _positive),
-    Key("transition_retries", int, 3, "Delayed retries of an invalid transition (out-of-order "
-        "tolerance)", lambda v: v >= 0),
-    Key("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR",
-        lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")),
-    Key("log_format", str, "auto", "json, console or auto (console on a terminal)",
-        lambda v: v in ("json", "console", "auto")),
-)
+def _mask_url_passwords(text: str) -> str:
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration values, one typed field per key (see ``KEYS``)."""
+
+    state_dir: str = _key(".reactor", "Local state directory of the embedded mode (SQLite "
+                          "file, generated secret, archive)")
+    store_uri: str = _key("", "mongodb://… or sqlite:///path; empty = sqlite file in state_dir")
+    database: str = _key("reactor", "MongoDB database name (when the URI names none)")
+    write_concern: str = _key("majority", "MongoDB write concern w: majority or a number")
+    journal: bool = _key(True, "MongoDB write concern j (wait for the journal)")
+    server_selection_timeout_ms: int = _key(3000, "MongoDB server selection timeout", _positive)
+    broker_url: str = _key("", "amqp://… URL of RabbitMQ, or one per node of a cluster: "
+                           "comma-separated (a YAML list in config.yml), tried in a shuffled "
+                           "order, the next one when a node is lost; empty = no broker "
+                           "(embedded mode)")
+    secret: str = _key("", "Token secret (prefer secret_file); at least 16 bytes")
+    secret_file: str = _key("", "File holding the token secret")
+    token_length: int = _key(32, "Hex characters of job and admin tokens",
+                             lambda v: 16 <= v <= 64)
+    admin_window: int = _key(3600, "Seconds per admin-token window (valid now and one before)",
+                             _positive)
+    archive_root: str = _key("", "Directory under which job archives live (reset clears only "
+                             "below it); empty = state_dir/archive")
+    archive_system: str = _key("data-sd2e-community", "Default archive storage system id")
+    verify_pipelines: bool = _key(True, "Jobs must name a registered pipeline")
+    callback_url: str = _key("http://localhost:8080/callbacks", "Base URL of job-status "
+                             "callbacks handed to jobs")
+    max_message_bytes: int = _key(262144, "Largest accepted message body", _positive)
+    exchange: str = _key("reactor", "Durable exchange events are published to")
+    queue: str = _key("reactor.events", "Main queue")
+    dead_letter_queue: str = _key("reactor.dead", "Dead-letter queue")
+    retry_queue: str = _key("reactor.retry", "Delayed-retry queue (TTL, dead-letters back)")
+    queue_type: str = _key("classic", "classic or quorum: every queue of the topology as a "
+                           "replicated quorum queue (a RabbitMQ cluster); main queues then also "
+                           "dead-letter to dead_letter_queue once the broker delivered a "
+                           "message max_attempts times", lambda v: v in ("classic", "quorum"))
+    partitions: int = _key(0, "Partition queues behind a consistent-hash exchange keyed on the "
+                           "job uuid, one single-active consumer each (0 = one shared main "
+                           "queue)", lambda v: v >= 0)
+    prefetch: int = _key(100, "Unacknowledged deliveries per consumer", _positive)
+    batch_size: int = _key(50, "Group commit: up to this many deliveries are committed in one "
+                           "store write (one compare-and-set per job) and acknowledged with one "
+                           "multiple-ack after it; 1 = one commit per message; capped at "
+                           "prefetch", lambda v: 1 <= v <= 1000)
+    batch_wait_ms: int = _key(0, "Group commit: how long a partial batch waits for more "
+                              "deliveries before it is committed (0 = commit what has arrived "
+                              "at once; under load batches fill by themselves)",
+                              lambda v: 0 <= v <= 1000)
+    pipeline_process: bool = _key(True, "reactor consume runs the pipeline (decode … commit) "
+                                  "in a child process, so that it does not share an interpreter "
+                                  "lock with the RabbitMQ client; false = in the consumer's own "
+                                  "process")
+    retry_delay_ms: int = _key(1000, "Delay before a delayed retry", _positive)
+    max_attempts: int = _key(5, "Deliveries of one message before it is dead-lettered",
+                             _positive)
+    transition_retries: int = _key(3, "Delayed retries of an invalid transition (out-of-order "
+                                   "tolerance)", lambda v: v >= 0)
+    log_level: str = _key("INFO", "DEBUG, INFO, WARNING or ERROR",
+                          lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = _key("auto", "json, console or auto (console on a terminal)",
+                           lambda v: v in ("json", "console", "auto"))
+    # Where each key's value came from (a file path, a variable, "default"): not a key.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # However it was built, a Settings holds only values its keys accept.
+        for key in KEYS:
+            value = getattr(self, key.name)
+            if type(value) is not key.type:
+                raise ConfigError(f"Settings: bad value for {key.name!r}: expected "
+                                  f"{key.type.__name__}, got {type(value).__name__}")
+            if key.check and not key.check(value):
+                raise ConfigError(f"Settings: bad value for {key.name!r}: {value!r} "
+                                  f"({key.help})")
+
+    def __repr__(self) -> str:
+        """The values, with the secret and URL passwords masked (safe for logs, tracebacks)."""
+        shown = {}
+        for name, value in self.values.items():
+            if name == "secret" and value:
+                value = "***"
+            elif isinstance(value, str) and "://" in value:
+                value = _mask_url_passwords(value)
+            shown[name] = value
+        return f"Settings({shown!r})"
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Every key's value, by key name, in ``KEYS`` order."""
+        return {key.name: getattr(self, key.name) for key in KEYS}
+
+    def with_overrides(self, **overrides: Any) -> "Settings":
+        """A copy with some keys replaced (checked like any other source)."""
+        checked = {}
+        for name, value in overrides.items():
+            if name not in KEYS_BY_NAME:
+                raise ConfigError(f"unknown configuration key {name!r}")
+            checked[name] = _coerce(KEYS_BY_NAME[name], value, "override")
+        return dataclasses.replace(self, **checked, sources=dict(self.sources))
+
+    @property
+    def state_path(self) -> Path:
+        """``state_dir`` as a path, ``~`` expanded."""
+        return Path(self.state_dir).expanduser()
+
+    @property
+    def resolved_store_uri(self) -> str:
+        """The store URI, defaulting to the embedded SQLite file."""
+        return self.store_uri or f"sqlite:///{(self.state_path / 'reactor.db').resolve()}"
+
+    @property
+    def resolved_archive_root(self) -> Path:
+        """``archive_root``, defaulting to ``state_dir/archive``."""
+        root = self.archive_root
+        return Path(root).expanduser() if root else self.state_path / "archive"
+
+    @property
+    def embedded(self) -> bool:
+        """True when the store is the embedded SQLite file (or another SQLite URI)."""
+        return self.resolved_store_uri.startswith("sqlite:")
+
+
+def _keys() -> tuple[Key, ...]:
+    types = typing.get_type_hints(Settings)
+    return tuple(Key(f.name, types[f.name], f.default, f.metadata["help"], f.metadata["check"])
+                 for f in dataclasses.fields(Settings) if "help" in f.metadata)
+
+
+KEYS: tuple[Key, ...] = _keys()
 KEYS_BY_NAME = {k.name: k for k in KEYS}
+
+
+def _joined(key: Key, items: list, source: str) -> str:
+    """A YAML list of strings as one comma-separated string; ConfigError naming the entry."""
+    for number, item in enumerate(items, 1):
+        # The entry's value is not shown: a URL may hold a password.
+        if not isinstance(item, str) or not item.strip() or "," in item:
+            raise ConfigError(f"{source}: bad value for {key.name!r}: entry {number} of the "
+                              "list is not a non-empty string without commas")
+    return ",".join(item.strip() for item in items)
 
 
 def _coerce(key: Key, value: Any, source: str) -> Any:
@@ -138,60 +237,12 @@ def _coerce(key: Key, value: Any, source: str) -> Any:
     return out
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Resolved configuration values (see ``KEYS``)."""
-
-    values: Mapping[str, Any]
-    sources: Mapping[str, str] = field(default_factory=dict)
-
-    def __repr__(self) -> str:  # the secret never reaches a log or traceback
-        shown = {k: ("***" if k == "secret" and v else v) for k, v in self.values.items()}
-        return f"Settings({shown!r})"
-
-    def __getattr__(self, name: str) -> Any:
-        # Through __dict__: while unpickling (the consumer's pipeline process), ``values`` is
-        # not set yet, and reading it here would call this again.
-        try:
-            return self.__dict__["values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def with_overrides(self, **overrides: Any) -> "Settings":
-        """A copy with some keys replaced (checked like any other source)."""
-        values = dict(self.values)
-        for name, value in overrides.items():
-            if name not in KEYS_BY_NAME:
-                raise ConfigError(f"unknown configuration key {name!r}")
-            values[name] = _coerce(KEYS_BY_NAME[name], value, "override")
-        return Settings(values, dict(self.sources))
-
-    @property
-    def state_path(self) -> Path:
-        return Path(self.values["state_dir"]).expanduser()
-
-    @property
-    def resolved_store_uri(self) -> str:
-        """The store URI, defaulting to the embedded SQLite file."""
-        uri = self.values["store_uri"]
-        return uri or f"sqlite:///{(self.state_path / 'reactor.db').resolve()}"
-
-    @property
-    def resolved_archive_root(self) -> Path:
-        root = self.values["archive_root"]
-        return Path(root).expanduser() if root else self.state_path / "archive"
-
-    @property
-    def embedded(self) -> bool:
-        return self.resolved_store_uri.startswith("sqlite:")
-
-
 def load(env: Mapping[str, str] | None = None, path: str | os.PathLike | None = None) -> Settings:
     """Read config.yml (if any) and the environment; raise ConfigError naming a bad key."""
     import yaml
 
     env = os.environ if env is None else env
-    values = {k.name: k.default for k in KEYS}
+    values: dict[str, Any] = {}
     sources = {k.name: "default" for k in KEYS}
     explicit = path or env.get(CONFIG_ENV)
     cfg_path = Path(explicit) if explicit else Path("config.yml")
@@ -220,9 +271,9 @@ def load(env: Mapping[str, str] | None = None, path: str | os.PathLike | None = 
                               + ", ".join(sorted(env_names)))
         values[key.name] = _coerce(key, raw, var)
         sources[key.name] = var
-    if values["secret"] and values["secret_file"]:
+    if values.get("secret") and values.get("secret_file"):
         raise ConfigError("set only one of REACTOR_SECRET and REACTOR_SECRET_FILE")
-    return Settings(values, sources)
+    return Settings(**values, sources=sources)
 
 
 def resolve_secret(settings: Settings, create_if_embedded: bool = True) -> str:

@@ -1,6 +1,7 @@
 """Configuration (SPEC §7): config.yml + REACTOR_* variables; bad keys and values are named."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 
@@ -222,3 +223,54 @@ def test_quorum_topology_takes_its_delivery_limit_from_max_attempts():
     topology = Topology.from_settings(s)
     assert topology.quorum and topology.delivery_limit == 3  # 1 delivery + 3 redeliveries
     assert not Topology.from_settings(config.load(env={})).quorum
+
+
+# ------------------------------------------------------------------------- typed settings
+def test_settings_fields_are_the_keys_with_their_types_and_defaults():
+    import typing
+
+    s = config.load(env={})
+    hints = typing.get_type_hints(config.Settings)
+    assert [k.name for k in config.KEYS] == [f.name for f in dataclasses.fields(s)
+                                           if f.name != "sources"]
+    for key in config.KEYS:
+        assert hints[key.name] is key.type and type(getattr(s, key.name)) is key.type, key.name
+    assert config.Settings() == s  # the defaults, whatever built them
+
+
+def test_a_mistyped_setting_is_an_attribute_error_at_once():
+    s = config.load(env={})
+    with pytest.raises(AttributeError):
+        s.prefech  # noqa: B018
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.prefetch = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("values", [{"prefetch": 0}, {"prefetch": "3"}, {"journal": 1},
+                                    {"queue_type": "stream"}, {"max_attempts": True}])
+def test_settings_built_directly_are_checked_like_loaded_ones(values):
+    (name,) = values
+    with pytest.raises(ConfigError) as info:
+        config.Settings(**values)
+    assert f"'{name}'" in str(info.value)
+
+
+def test_settings_repr_masks_the_secret_and_url_passwords():
+    s = config.load(env={"REACTOR_SECRET": "s3cr3t-" * 4,
+                         "REACTOR_BROKER_URL": ",".join(NODES),
+                         "REACTOR_STORE_URI": "mongodb://app:st0re-pw@h1:27017,h2:27017/x",
+                         "REACTOR_CALLBACK_URL": "https://hook:cb-pw@example.org/cb"})
+    text = repr(s)
+    for secret in ("s3cr3t-", "pw1", "pw2", "st0re-pw", "cb-pw"):
+        assert secret not in text, secret
+    assert "'secret': '***'" in text
+    assert "amqp://u:***@10.0.0.1:5672/%2F,amqp://u:***@10.0.0.2:5672/%2F" in text
+    assert "mongodb://app:***@h1:27017,h2:27017/x" in text
+    assert "'queue': 'reactor.events'" in text  # the rest as it is
+
+
+def test_overrides_keep_the_sources_and_are_typed(tmp_path):
+    path = _write(tmp_path, "prefetch: 9\n")
+    s = config.load(env={}, path=path).with_overrides(prefetch="12", journal="off")
+    assert s.prefetch == 12 and s.journal is False
+    assert s.sources["prefetch"] == str(path)

@@ -22,6 +22,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import click
+import pytest
 import yaml
 
 from reactor import config
@@ -293,6 +294,107 @@ def test_lifecycle_svg_draws_every_state_event_and_transition():
     assert texts.count("any state") == len(any_events)
     assert "reset (admin)" in texts and "ready (admin)" in texts
     assert docgen.render_lifecycle_svg() == svg  # deterministic
+
+
+def test_lifecycle_diagram_places_every_state_and_routes_every_edge_exactly_once():
+    from reactor.docgen import diagram
+
+    assert diagram.layout_problems() == []
+    placed = [p.state for p in diagram.PLACES]
+    assert sorted(placed) == sorted([*lifecycle.STATE_NAMES, lifecycle.ANY])
+    routed = sorted((r.source, r.dest) for r in diagram.ROUTES)
+    assert routed == sorted((e.source, e.dest) for e in lifecycle.edges(fold_any=True)
+                            if e.source != e.dest)
+
+
+def test_a_new_state_or_edge_fails_the_diagram_with_a_message_saying_to_place_it(monkeypatch):
+    from reactor.docgen import diagram
+
+    monkeypatch.setattr(lifecycle, "STATE_NAMES", (*lifecycle.STATE_NAMES, "ARCHIVED"))
+    monkeypatch.setattr(lifecycle, "TRANSITIONS", (*lifecycle.TRANSITIONS, lifecycle.Transition(
+        "archive", ("REJECTED",), "ARCHIVED", "Outputs are archived")))
+    problems = diagram.layout_problems()
+    assert any("state ARCHIVED" in p and "Place in PLACES" in p for p in problems), problems
+    assert any("edge REJECTED -> ARCHIVED" in p and "Route in ROUTES" in p
+               for p in problems), problems
+    with pytest.raises(ValueError, match="no place for ARCHIVED"):
+        diagram.render_lifecycle_svg()
+
+
+def test_a_place_or_route_given_twice_or_for_nothing_is_named(monkeypatch):
+    from reactor.docgen import diagram
+
+    monkeypatch.setattr(diagram, "ROUTES", (*diagram.ROUTES, diagram.ROUTES[0],
+                                            diagram.Route("RETIRED", "CREATED")))
+    monkeypatch.setattr(diagram, "PLACES", diagram.PLACES[1:] + diagram.PLACES[-1:])
+    problems = diagram.layout_problems()
+    assert any(f"{lifecycle.ANY} -> RESET is routed 2 times" in p for p in problems), problems
+    assert any("RETIRED -> CREATED, which is no edge" in p for p in problems), problems
+    assert any("RETIRED is placed 2 times" in p for p in problems), problems
+    assert any(f"state {lifecycle.ANY} is placed 0 times" in p for p in problems), problems
+
+
+Rect = tuple[float, float, float, float]
+
+
+def _diagram_rects() -> list[tuple[str, Rect, object]]:
+    """Everything drawn that takes room: (name, rectangle, what it belongs to)."""
+    from reactor.docgen import diagram as d
+
+    rects: list[tuple[str, Rect, object]] = []
+    for p in d.PLACES:
+        rects.append((f"box {p.state}", (p.x - d.BOX_W / 2, p.y - d.BOX_H / 2, d.BOX_W,
+                                         d.BOX_H), p.state))
+        if p.loop:
+            rects.append((f"loop of {p.state}", d.loop_box(p), p.state))
+    for route, events in d.routes()[1:]:
+        rects.append((f"label of {route.source} -> {route.dest}",
+                      d.label_box(d.label_centre(route), d.label_text(events)),
+                      (route.source, route.dest)))
+    x, y = d.START
+    rects.append(("start dot", (x - d.START_R, y - d.START_R, 2 * d.START_R, 2 * d.START_R),
+                  "start"))
+    rects.append(("title and legend", (d.MARGIN, d.MARGIN, len(d.LEGEND) * d.LABEL_CHAR_W, 32),
+                  None))
+    return rects
+
+
+def _points(points: list[tuple[float, float]], step: float = 1.0):
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        n = max(1, int(max(abs(x1 - x0), abs(y1 - y0)) / step))
+        yield from ((x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n) for i in range(n + 1))
+
+
+def test_lifecycle_diagram_labels_overlap_nothing_and_arrows_cross_no_box():
+    from reactor.docgen import diagram as d
+
+    def overlap(a: Rect, b: Rect, pad: float = 2) -> bool:
+        return (a[0] < b[0] + b[2] + pad and b[0] < a[0] + a[2] + pad
+                and a[1] < b[1] + b[3] + pad and b[1] < a[1] + a[3] + pad)
+
+    def inside(pt, r: Rect) -> bool:
+        return r[0] + 1 < pt[0] < r[0] + r[2] - 1 and r[1] + 1 < pt[1] < r[1] + r[3] - 1
+
+    rects = _diagram_rects()
+    problems = [f"{na} overlaps {nb}" for i, (na, a, oa) in enumerate(rects)
+                for nb, b, ob in rects[i + 1:]
+                if not (oa == ob and isinstance(oa, str)) and overlap(a, b)]
+    arrows = {(r.source, r.dest): list(_points(d.route_points(r))) for r, _ in d.routes()}
+    for (source, dest), points in arrows.items():
+        for name, rect, owner in rects:
+            if owner not in (source, dest, (source, dest)) and any(inside(p, rect)
+                                                                    for p in points):
+                problems.append(f"the arrow {source} -> {dest} crosses the {name}")
+        if source != "start":  # a label is nearer to its own arrow than to any other
+            cx, cy = d.label_centre(next(r for r, _ in d.routes() if (r.source, r.dest) ==
+                                         (source, dest)))
+            distance = {pair: min(((x - cx) ** 2 + (y - cy) ** 2) ** 0.5 for x, y in pts)
+                        for pair, pts in arrows.items()}
+            if min(distance, key=distance.get) != (source, dest):
+                problems.append(f"the label of {source} -> {dest} is nearer another arrow")
+    inside_canvas = [n for n, (x, y, w, h), _ in rects
+                     if x < 0 or y < 0 or x + w > d.WIDTH or y + h > d.HEIGHT]
+    assert not problems + inside_canvas, problems + inside_canvas
 
 
 def test_lifecycle_md_mermaid_is_what_reactor_fsm_prints():

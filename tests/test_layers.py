@@ -27,7 +27,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "ops": {"domain", "contract", "engine", "broker", "obs", "store", "config", "app"},
     "docgen": {"domain", "contract", "config", "obs"},
     "cli": {"domain", "contract", "engine", "broker", "consume", "ingress", "ops", "obs",
-            "store", "config", "app"},
+            "store", "config", "app", "docgen"},
     "__init__": set(),
 }
 
@@ -68,8 +68,7 @@ MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.part
 # Imports that break the rules today, each to be removed by the step of the redesign that fixes
 # it. Strict: a module that no longer breaks them fails until it is taken off this list.
 STILL_BREAKING = {
-    "docgen/generate.py": "reads header names from the consumer, fsm text from the CLI, "
-                          "environment names from invoke",
+    "docgen/generate.py": "reads header names from the consumer",
     "engine/pipeline.py": "takes the composition root (App)",
     "engine/pipeline_process.py": "builds the composition root and sets up logging in the child",
     "ops/deadletters.py": "reads header names from the consumer",

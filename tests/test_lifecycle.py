@@ -85,6 +85,20 @@ def test_transitions_machine_agrees_with_the_table_and_is_built_once():
         assert set(machine.get_triggers(state)) == expected, state
 
 
+def test_edges_group_the_spec_matrix_by_source_and_destination():
+    _, _, spec = _parse(MATRIX)
+    expanded = {(e.source, event): e.dest for e in lifecycle.edges() for event in e.events}
+    assert expanded == {pair: dst for pair, dst in spec.items() if dst is not None}
+    pairs = [(e.source, e.dest) for e in lifecycle.edges()]
+    assert len(pairs) == len(set(pairs))  # one edge per pair, its events together
+    folded = lifecycle.edges(fold_any=True)
+    assert [e for e in folded if e.source == lifecycle.ANY] == [
+        lifecycle.Edge(lifecycle.ANY, "RESET", ("reset",))]
+    assert {(e.source, e.dest) for e in folded if e.source != lifecycle.ANY} == {
+        (e.source, e.dest) for e in lifecycle.edges() if "reset" not in e.events
+        or len(e.events) > 1}
+
+
 def test_admin_events_are_exactly_reset_and_ready():
     assert lifecycle.ADMIN_EVENTS == ADMIN
     assert all(lifecycle.is_admin_event(e) == (e in ADMIN) for e in EVENTS)

@@ -6,13 +6,14 @@ import io
 import json
 import logging
 import os
+import sys
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reactor.obs.logs import (ConsoleFormatter, JsonFormatter, choose_format, log_outcome,
-                          setup_logging)
+from reactor.obs.logs import (FIELDS_ATTR, MaskTokens, choose_format, make_handler,
+                              outcome_fields, setup_logging)
 from reactor.obs.metrics import Metrics
 from reactor.domain.outcomes import APPLIED, DUPLICATE, REJECTED, RETRY, Outcome
 
@@ -144,10 +145,10 @@ def test_serve_metrics_counters_move_with_the_outcomes_of_a_small_workload(amqp_
 
 
 # --------------------------------------------------------------------------------- logs
-def _logger(name: str, fmt: logging.Formatter) -> tuple[logging.Logger, io.StringIO]:
+def _logger(name: str, fmt: str) -> tuple[logging.Logger, io.StringIO]:
+    """A logger writing to a fresh stream through the handler ``setup_logging`` installs."""
     stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(fmt)
+    handler = make_handler(stream, fmt)
     logger = logging.getLogger(f"reactor.tests.{name}")
     logger.handlers[:] = [handler]
     logger.propagate = False
@@ -156,7 +157,7 @@ def _logger(name: str, fmt: logging.Formatter) -> tuple[logging.Logger, io.Strin
 
 
 def test_json_lines_parse_and_never_contain_a_token():
-    logger, stream = _logger("json", JsonFormatter())
+    logger, stream = _logger("json", "json")
     logger.info("callback from ?uuid=107x&token=%s&status=RUNNING", TOKEN)
     logger.warning("body %s", json.dumps({"uuid": "107x", "token": TOKEN}))
     logger.info("with fields", extra={"fields": {"job_uuid": "107x", "token": TOKEN,
@@ -180,7 +181,7 @@ def test_json_lines_parse_and_never_contain_a_token():
 
 
 def test_console_lines_are_readable_and_masked():
-    logger, stream = _logger("console", ConsoleFormatter())
+    logger, stream = _logger("console", "console")
     logger.info("applied: job moved", extra={"fields": {"message_id": "m-1",
                                                         "note": f"token={TOKEN}"}})
     text = stream.getvalue()
@@ -188,14 +189,18 @@ def test_console_lines_are_readable_and_masked():
     assert " INFO reactor.tests.console applied: job moved [message_id=m-1 note=" in text
 
 
-def test_log_outcome_writes_one_structured_line_per_message():
-    logger, stream = _logger("outcome", JsonFormatter())
-    log_outcome(logger, Outcome(APPLIED, None, "job 107x: run moved CREATED → RUNNING", "107x",
-                                "run", "RUNNING"),
-                message_id="m-1", attempt=1, latency_s=0.0123, action="ack")
-    log_outcome(logger, Outcome(REJECTED, "auth_failed", f"token={TOKEN} refused", "107x",
-                                "run"), message_id="m-2", attempt=2, latency_s=0.5,
-                action="dead_letter")
+def test_outcome_fields_make_one_structured_line_per_message():
+    # As the consumer logs a processed message: "<label>: <detail>" plus outcome_fields.
+    logger, stream = _logger("outcome", "json")
+    applied = Outcome(APPLIED, None, "job 107x: run moved CREATED → RUNNING", "107x", "run",
+                      "RUNNING")
+    logger.info("%s: %s (message id %s)", applied.label, applied.detail, "m-1",
+                extra={FIELDS_ATTR: outcome_fields(applied, message_id="m-1", attempt=1,
+                                                   latency_s=0.0123, action="ack")})
+    refused = Outcome(REJECTED, "auth_failed", f"token={TOKEN} refused", "107x", "run")
+    logger.warning("%s: %s (message id %s)", refused.label, refused.detail, "m-2",
+                   extra={FIELDS_ATTR: outcome_fields(refused, message_id="m-2", attempt=2,
+                                                      latency_s=0.5, action="dead_letter")})
     first, second = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert first["message"].startswith("applied: job 107x")
     assert {k: first[k] for k in ("message_id", "job_uuid", "event", "outcome", "attempt",
@@ -237,6 +242,33 @@ def test_setup_logging_replaces_its_handler_instead_of_doubling_lines():
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_the_mask_filter_masks_the_record_so_any_formatter_shows_it_masked():
+    record = logging.LogRecord("reactor.tests.filter", logging.ERROR, __file__, 1,
+                               "refused token=%s", (TOKEN,), None)
+    setattr(record, FIELDS_ATTR, {"token": TOKEN, TOKEN: "key", "items": [f"x {TOKEN}"]})
+    try:
+        raise ValueError(f"bad {TOKEN}")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert MaskTokens().filter(record) is True
+    text = logging.Formatter("%(message)s").format(record)  # a formatter that masks nothing
+    assert TOKEN not in text and "refused token=0123…" in text and "ValueError" in text
+    fields = getattr(record, FIELDS_ATTR)
+    assert fields == {"token": "0123…", "0123…": "key", "items": ["x 0123…"]}
+    again = MaskTokens().filter(record)  # idempotent: a second pass changes nothing
+    assert again and logging.Formatter("%(message)s").format(record) == text
+
+
+def test_json_lines_escape_unicode_line_separators_and_stay_one_line():
+    logger, stream = _logger("separators", "json")
+    logger.info("a\u2028b\u2029c\x85d → e", extra={FIELDS_ATTR: {"note": "x\u2028y"}})
+    text = stream.getvalue()
+    assert text.count("\n") == 1 and len(text.splitlines()) == 1
+    assert "a\\u2028b\\u2029c\\u0085d → e" in text and "x\\u2028y" in text
+    line = json.loads(text)
+    assert line["message"] == "a\u2028b\u2029c\x85d → e" and line["note"] == "x\u2028y"
 
 
 @pytest.mark.rabbitmq

@@ -22,7 +22,7 @@ def one_line_errors(command: Callable) -> Callable:
     """Turn any exception of ``command`` into one error line (``--debug`` keeps tracebacks)."""
 
     @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
@@ -231,51 +231,21 @@ def jobs_history(uuid: str, as_json: bool) -> None:
 @one_line_errors
 def fsm(fmt: str) -> None:
     """Print the job lifecycle: the transition table, or a Mermaid/Graphviz diagram."""
+    from ..docgen.lifecycle_text import fsm_dot, fsm_mermaid
+
     click.echo({"table": fsm_table, "mermaid": fsm_mermaid, "dot": fsm_dot}[fmt]())
-
-
-def _edges() -> dict[tuple[str, str], list[str]]:
-    from ..domain.lifecycle import TABLE
-
-    edges: dict[tuple[str, str], list[str]] = {}
-    for (src, event), dst in TABLE.items():
-        edges.setdefault((src, dst), []).append(event)
-    return edges
 
 
 def fsm_table() -> str:
     """The transition table as text, one row per event."""
-    from ..domain.lifecycle import ANY, SAME, STATES, TRANSITIONS
+    from ..docgen.lifecycle_text import sources_text
+    from ..domain.lifecycle import SAME, STATES, TRANSITIONS
 
-    rows = [(t.event, "any state" if ANY in t.sources else ", ".join(t.sources),
-             "same state" if t.dest == SAME else t.dest, "admin" if t.admin else "",
-             t.description) for t in TRANSITIONS]
+    rows = [(t.event, sources_text(t), "same state" if t.dest == SAME else t.dest,
+             "admin" if t.admin else "", t.description) for t in TRANSITIONS]
     states = [(s.name, s.description) for s in STATES]
     return (_table(rows, ("EVENT", "FROM", "TO", "TOKEN", "DESCRIPTION")) + "\n\n"
             + _table(states, ("STATE", "MEANING")))
-
-
-def fsm_mermaid() -> str:
-    """The lifecycle as a Mermaid state diagram."""
-    from ..domain.lifecycle import INITIAL_STATE
-
-    lines = ["stateDiagram-v2", f"    [*] --> {INITIAL_STATE}"]
-    for (src, dst), events in _edges().items():
-        lines.append(f"    {src} --> {dst}: {', '.join(events)}")
-    return "\n".join(lines)
-
-
-def fsm_dot() -> str:
-    """The lifecycle as a Graphviz digraph."""
-    from ..domain.lifecycle import INITIAL_STATE, STATE_NAMES
-
-    lines = ["digraph lifecycle {", "    rankdir=LR;", "    node [shape=box, style=rounded];",
-             '    start [shape=point];', f"    start -> {INITIAL_STATE};"]
-    lines += [f"    {s};" for s in STATE_NAMES]
-    for (src, dst), events in _edges().items():
-        lines.append(f'    {src} -> {dst} [label="{", ".join(events)}"];')
-    lines.append("}")
-    return "\n".join(lines)
 
 
 # --- reactor invoke ------------------------------------------------------------------------
@@ -290,11 +260,13 @@ def invoke(ctx: click.Context) -> None:
     """
     from ..ingress import invoke as actor
     from ..engine.pipeline import Pipeline
+    from ..obs.logs import setup_logging
 
     debug = bool(ctx.find_root().params.get("debug"))
     app = app_from_context()
     try:
-        actor.log_to_stderr(app.settings.log_level)
+        # Readable lines on stderr, tokens masked: stdout carries only the outcome line.
+        setup_logging(app.settings.log_level, "console", sys.stderr)
         invocation = actor.from_environment()
         outcome = actor.invoke(lambda: _pipeline_or_config_error(Pipeline, app), invocation,
                                debug)

@@ -1,12 +1,15 @@
-"""The ``reactor`` command. Subcommands live in small cli_* modules and are imported only when
-run, so one-shot modes (``reactor invoke``) start fast."""
+"""The ``reactor`` command. Subcommands live in the small modules beside this one and are
+imported only when run, so one-shot modes (``reactor invoke``) start fast."""
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+
+if TYPE_CHECKING:
+    from ..app import App
 
 # name -> "module:attribute" of a click command; imported on first use.
 COMMANDS = {
@@ -28,9 +31,11 @@ class LazyGroup(click.Group):
     """A click group whose subcommands are imported on demand."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every subcommand's name, without importing any."""
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """The subcommand ``name``, imported now (None for an unknown name)."""
         target = COMMANDS.get(name)
         if target is None:
             return None
@@ -40,7 +45,7 @@ class LazyGroup(click.Group):
         except (ImportError, AttributeError) as exc:
             raise click.ClickException(f"command {name!r} is not available: {exc}") from None
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         """Run the subcommand; a usage error quoting an argument has its tokens masked."""
         try:
             return super().invoke(ctx)
@@ -65,7 +70,7 @@ def main(ctx: click.Context, debug: bool, config_path: str | None) -> None:
     ctx.obj["config_path"] = config_path
 
 
-def app_from_context(**overrides):
+def app_from_context(**overrides: Any) -> "App":
     """Build the App for the current command (errors become one clear line)."""
     from ..app import App
     from ..domain.errors import ReactorError
@@ -82,7 +87,7 @@ def app_from_context(**overrides):
         handle_error(exc)
 
 
-def broker_url(app) -> str:
+def broker_url(app: "App") -> str:
     """The configured broker URL, or a usage error saying how to set it."""
     url = app.settings.broker_url
     if not url:

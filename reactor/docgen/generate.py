@@ -4,15 +4,15 @@
 names every file that disagrees with the code (the test suite runs the check). Generated:
 
 - ``configuration.md`` from ``reactor.config.KEYS`` (key, environment variable, type, default,
-  meaning);
+  meaning): ``configuration.py``;
 - ``asyncapi.yaml``, the message contract as AsyncAPI 3.0, from ``schemas/*.json`` (embedded
-  verbatim) and the queue keys of ``reactor.config``;
-- ``lifecycle.md`` (tables and the Mermaid diagram of ``reactor fsm``) and ``lifecycle.svg``
-  from ``reactor.domain.lifecycle.TRANSITIONS``.
+  verbatim) and the queue keys of ``reactor.config``: here;
+- ``lifecycle.md`` (tables and the Mermaid diagram of ``reactor fsm``): ``lifecycle_text.py``,
+  and ``lifecycle.svg`` (the states at fixed places): ``diagram.py``, both from
+  ``reactor.domain.lifecycle``.
 
-Everything is deterministic (no dates, sorted where order is not meaningful), so a regenerated
-file is byte-identical unless the code changed. The SVG layout is a small layered
-(Sugiyama-style) drawing in pure Python: no Graphviz, so it renders the same on every machine.
+Everything is deterministic (no dates, sorted where order is not meaningful, no layout program),
+so a regenerated file is byte-identical on every machine unless the code changed.
 """
 from __future__ import annotations
 
@@ -25,110 +25,19 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from . import NOTICE
 from .. import config
-from ..domain import lifecycle
 from ..contract import schemas
-from .diagram import NOTICE, render_lifecycle_svg
+from .configuration import render_configuration
+from .diagram import render_lifecycle_svg
+from .lifecycle_text import render_lifecycle_md
 
 REGENERATE = "python -m reactor.docgen"
-_TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", float: "number"}
 
 
 def docs_dir() -> Path:
     """The repository's ``docs/`` folder."""
     return Path(__file__).resolve().parents[2] / "docs"
-
-
-# ------------------------------------------------------------------------------ configuration
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _default_text(key: config.Key) -> str:
-    if key.type is bool:
-        return f"`{str(key.default).lower()}`"
-    if key.default == "":
-        return "empty"
-    return f"`{key.default}`"
-
-
-def _yaml_value(value: Any) -> str:
-    # The same text a user would write in config.yml (safe_dump quotes what needs quoting).
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
-def render_configuration() -> str:
-    """``configuration.md``: every key of ``reactor.config.KEYS`` with its variable and default."""
-    from ..ingress.invoke import MESSAGE_ID_VAR, MESSAGE_VAR
-    from ..contract.messages import PARAM_NAMES
-
-    keys = config.KEYS
-    lines = [
-        "# Configuration reference",
-        "",
-        f"<!-- {NOTICE} Source: reactor/config.py, KEYS. -->",
-        "",
-        "Values come from three places; a later one wins:",
-        "",
-        "1. the defaults below;",
-        f"2. `config.yml` in the working directory, or the file named by `{config.CONFIG_ENV}` "
-        "(or `reactor --config PATH`);",
-        f"3. environment variables: every key `k` can be set as `{config.ENV_PREFIX}<K>` "
-        "(upper case).",
-        "",
-        "An unknown key (in the file, or a `REACTOR_*` variable that names no key) and a bad "
-        "value stop start-up with an error that names the key. Booleans accept `true/false`, "
-        "`yes/no`, `on/off` and `1/0`.",
-        "",
-        f"## Keys ({len(keys)})",
-        "",
-        "| Key | Environment variable | Type | Default | Meaning |",
-        "|---|---|---|---|---|",
-    ]
-    for key in keys:
-        type_name = _TYPE_NAMES.get(key.type, key.type.__name__)
-        lines.append(f"| `{key.name}` | `{key.env}` | {type_name} | {_default_text(key)} | "
-                     f"{_md_cell(key.help)} |")
-    lines += [
-        "",
-        "## The token secret",
-        "",
-        "Set exactly one of `secret` and `secret_file` (both at once is a start-up error); "
-        "prefer `secret_file` (for example a mounted container secret), since environment "
-        "variables leak into process listings and crash reports. The secret must be at least "
-        "16 bytes. Only the embedded mode (no `store_uri`, so a SQLite file in `state_dir`) "
-        "creates one by itself: a random secret in `state_dir/secret`, mode 0600. Job tokens "
-        "and administrative tokens derive from it, so changing it invalidates every token "
-        "handed out.",
-        "",
-        "## Environment variables that are not configuration keys",
-        "",
-        "| Variable | Used by |",
-        "|---|---|",
-    ]
-    for var in sorted(config.NOT_CONFIG_ENV):
-        if var == config.CONFIG_ENV:
-            use = "the configuration loader: path of the configuration file (default `config.yml`)"
-        else:
-            use = "tools around the reactor (such as `scripts/services.sh`); ignored by the loader"
-        lines.append(f"| `{var}` | {use} |")
-    lines.append(f"| `{MESSAGE_VAR}` | `reactor invoke`: the message body (Abaco actor mode) |")
-    params = ", ".join(f"`{p}`" for p in PARAM_NAMES)
-    lines.append(f"| {params} | `reactor invoke`: message parameters (as an HTTP callback's "
-                 "query parameters) |")
-    lines.append(f"| `{MESSAGE_ID_VAR}` | `reactor invoke`: the message id used for duplicate "
-                 "detection (default: a digest of body and parameters) |")
-    lines += [
-        "",
-        "## `config.yml` with every default",
-        "",
-        "```yaml",
-    ]
-    for key in keys:
-        lines.append(f"# {key.help} ({key.env})")
-        lines.append(f"{key.name}: {_yaml_value(key.default)}")
-    lines += ["```", ""]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------- asyncapi
@@ -199,12 +108,12 @@ def _ref(*parts: str) -> dict:
     return {"$ref": "#/" + "/".join(parts)}
 
 
-def asyncapi_document() -> dict:
-    """The AsyncAPI 3.0 document as a dict (the schemas embedded verbatim)."""
-    import reactor
+# The two messages of the queue, as channels and operations refer to them.
+_QUEUE_MESSAGES = {"event": _ref("components", "messages", "event"),
+                   "deleteAction": _ref("components", "messages", "deleteAction")}
 
-    docs = _schema_docs()
-    exchange = config.KEYS_BY_NAME["exchange"]
+
+def _messages(docs: dict[str, dict]) -> dict[str, Any]:
     messages: dict[str, Any] = {}
     for kind, (name, how) in _MESSAGES.items():
         doc = docs[schemas.SCHEMA_FILES[kind]]
@@ -229,9 +138,12 @@ def asyncapi_document() -> dict:
         "headers": _retry_headers(),
         "payload": {"description": "The original message body, byte for byte."},
     }
-    queue_messages = {"event": _ref("components", "messages", "event"),
-                      "deleteAction": _ref("components", "messages", "deleteAction")}
-    channels = {
+    return messages
+
+
+def _channels() -> dict[str, Any]:
+    exchange = config.KEYS_BY_NAME["exchange"]
+    return {
         "events": {
             "address": exchange.default,
             "title": f"Exchange `{exchange.default}` (configuration key exchange, {exchange.env})",
@@ -239,13 +151,13 @@ def asyncapi_document() -> dict:
                            "as routing key. With partitions it feeds a consistent-hash exchange "
                            "in front of one single-active-consumer queue per partition.",
             "servers": [_ref("servers", "rabbitmq")],
-            "messages": {**queue_messages},
+            "messages": dict(_QUEUE_MESSAGES),
             "bindings": {"amqp": {"is": "routingKey", "exchange": {
                 "name": exchange.default, "type": "fanout", "durable": True,
                 "autoDelete": False, "vhost": "/"}, "bindingVersion": "0.3.0"}},
         },
         "mainQueue": _queue_channel("queue", "The queue `reactor consume` reads; acknowledged "
-                                    "only after the outcome is committed.", {**queue_messages}),
+                                    "only after the outcome is committed.", dict(_QUEUE_MESSAGES)),
         "retryQueue": _queue_channel("retry_queue", "Delayed-retry queue: per-queue TTL of "
                                      "retry_delay_ms, dead-lettering back to the main queue.",
                                      {"delayedRetry": _ref("components", "messages",
@@ -274,28 +186,38 @@ def asyncapi_document() -> dict:
         },
     }
 
-    def op(action: str, channel: str, names: Iterable[str], summary: str, **extra) -> dict:
-        return {"action": action, "channel": _ref("channels", channel), "summary": summary,
-                "messages": [_ref("channels", channel, "messages", n) for n in names], **extra}
 
+def _op(action: str, channel: str, names: Iterable[str], summary: str, **extra: Any) -> dict:
+    return {"action": action, "channel": _ref("channels", channel), "summary": summary,
+            "messages": [_ref("channels", channel, "messages", n) for n in names], **extra}
+
+
+def _operations() -> dict[str, Any]:
     http = {"bindings": {"http": {"method": "POST", "bindingVersion": "0.3.0"}}}
-    operations = {
-        "publishEvent": op("send", "events", queue_messages, "Publish an event or a delete "
+    return {
+        "publishEvent": _op("send", "events", _QUEUE_MESSAGES, "Publish an event or a delete "
                            "action (`reactor publish`, any AMQP client: persistent, with "
                            "publisher confirms)."),
-        "consumeEvents": op("receive", "mainQueue", queue_messages, "`reactor consume` applies "
+        "consumeEvents": _op("receive", "mainQueue", _QUEUE_MESSAGES, "`reactor consume` applies "
                             "each message and acknowledges it after the commit."),
-        "delayRetry": op("send", "retryQueue", ["delayedRetry"], "The consumer parks a message "
+        "delayRetry": _op("send", "retryQueue", ["delayedRetry"], "The consumer parks a message "
                          "that may succeed later (store outage, out-of-order transition)."),
-        "deadLetter": op("send", "deadLetterQueue", ["deadLetter"], "The consumer dead-letters "
+        "deadLetter": _op("send", "deadLetterQueue", ["deadLetter"], "The consumer dead-letters "
                          "a message with its reason in headers."),
-        "receiveCallback": op("receive", "httpCallbacks", ["jobStatusCallback"],
+        "receiveCallback": _op("receive", "httpCallbacks", ["jobStatusCallback"],
                               "`reactor serve` accepts a job-status callback (202 after the "
                               "broker confirmed it).", **http),
-        "receiveHttpEvent": op("receive", "httpEvents", ["event", "parameterEvent"],
+        "receiveHttpEvent": _op("receive", "httpEvents", ["event", "parameterEvent"],
                                "`reactor serve` accepts an event (202 after the broker "
                                "confirmed it).", **http),
     }
+
+
+def asyncapi_document() -> dict:
+    """The AsyncAPI 3.0 document as a dict (the schemas embedded verbatim)."""
+    import reactor
+
+    docs = _schema_docs()
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -313,10 +235,10 @@ def asyncapi_document() -> dict:
             "callbacks": {"host": "localhost:8080", "protocol": "http",
                           "description": "`reactor serve` (callback_url names it to jobs)."},
         },
-        "channels": channels,
-        "operations": operations,
+        "channels": _channels(),
+        "operations": _operations(),
         "components": {
-            "messages": messages,
+            "messages": _messages(docs),
             "schemas": {Path(name).stem: {"schemaFormat": _SCHEMA_FORMAT, "schema": doc}
                         for name, doc in docs.items()},
         },
@@ -327,6 +249,7 @@ class _Dumper(yaml.SafeDumper):
     """Block-style YAML that never emits anchors (every schema copy is written out)."""
 
     def ignore_aliases(self, data: Any) -> bool:
+        """Never: every repeated node is written out in full."""
         return True
 
 
@@ -335,55 +258,6 @@ def render_asyncapi() -> str:
     body = yaml.dump(asyncapi_document(), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
                      width=100, default_flow_style=False)
     return f"# {NOTICE}\n# Sources: schemas/*.json, reactor/config.py, reactor/consume/consumer.py.\n{body}"
-
-
-# --------------------------------------------------------------------------------- lifecycle
-def _sources_text(t: lifecycle.Transition) -> str:
-    return "any state" if lifecycle.ANY in t.sources else ", ".join(t.sources)
-
-
-def render_lifecycle_md() -> str:
-    """``lifecycle.md``: states, the transition table, events per state, and the diagrams."""
-    from ..cli.jobs import fsm_mermaid
-
-    lines = [
-        "# Job lifecycle",
-        "",
-        f"<!-- {NOTICE} Source: reactor/domain/lifecycle.py, STATES and TRANSITIONS. -->",
-        "",
-        "The table in `reactor/domain/lifecycle.py` is the single source: the schemas' enums, the "
-        "state machine, `reactor fsm` and this page are derived from it. An event that is not "
-        "allowed from the job's current state is the outcome `rejected:invalid_transition` and "
-        "leaves the record unchanged. Events marked *admin* need an administrative token "
-        "(`reactor token admin`); every other event needs the job's token (an admin token is "
-        "accepted too).",
-        "",
-        "![The job lifecycle](lifecycle.svg)",
-        "",
-        "## States",
-        "",
-        "| State | Meaning |",
-        "|---|---|",
-    ]
-    for s in lifecycle.STATES:
-        initial = " (initial)" if s.name == lifecycle.INITIAL_STATE else ""
-        lines.append(f"| `{s.name}`{initial} | {_md_cell(s.description)} |")
-    lines += ["", "## Events", "", "| Event | From | To | Token | Meaning |",
-              "|---|---|---|---|---|"]
-    for t in lifecycle.TRANSITIONS:
-        dest = "same state" if t.dest == lifecycle.SAME else f"`{t.dest}`"
-        lines.append(f"| `{t.event}` | {_sources_text(t)} | {dest} | "
-                     f"{'admin' if t.admin else 'job'} | {_md_cell(t.description)} |")
-    lines += ["", f"`{lifecycle.CREATION_EVENT}` is recorded once, when a job is created: sent "
-              "to an existing job it is refused on every path (an invalid transition), although "
-              "the table keeps the replaced system's `CREATED → CREATED` row.",
-              "", "## Events allowed in each state", "", "| State | Events |", "|---|---|"]
-    for name in lifecycle.STATE_NAMES:
-        events = ", ".join(f"`{e}`" for e in lifecycle.allowed_events(name))
-        lines.append(f"| `{name}` | {events} |")
-    lines += ["", "## Mermaid", "", "The same graph as `reactor fsm --format mermaid` prints it:",
-              "", "```mermaid", fsm_mermaid(), "```", ""]
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------- the command

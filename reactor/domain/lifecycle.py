@@ -6,11 +6,14 @@ Everything else (schemas' enums, the ``transitions`` machine, docs, diagrams) is
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from transitions.core import MachineError
 
 from .tokens import shown
+
+if TYPE_CHECKING:
+    from transitions import Machine
 
 ANY = "*"
 SAME = "="
@@ -77,14 +80,29 @@ ADMIN_EVENTS: frozenset[str] = frozenset(t.event for t in TRANSITIONS if t.admin
 _BY_EVENT = {t.event: t for t in TRANSITIONS}
 
 
-def _expand(t: Transition) -> dict[str, str]:
-    sources = STATE_NAMES if ANY in t.sources else t.sources
-    return {s: (s if t.dest == SAME else t.dest) for s in sources}
+class Edge(NamedTuple):
+    """An arrow of the lifecycle: the events that lead from one state to another (or back)."""
+
+    source: str                    # a state, or ANY for an event allowed from every state
+    dest: str
+    events: tuple[str, ...]
+
+
+def edges(fold_any: bool = False) -> tuple[Edge, ...]:
+    """``TRANSITIONS`` grouped by (source, destination), in table order. With ``fold_any`` an
+    event allowed from every state is one edge from ``ANY`` instead of one per state."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for t in TRANSITIONS:
+        sources = t.sources if fold_any or ANY not in t.sources else STATE_NAMES
+        for source in sources:
+            dest = source if t.dest == SAME else t.dest
+            grouped.setdefault((source, dest), []).append(t.event)
+    return tuple(Edge(s, d, tuple(events)) for (s, d), events in grouped.items())
 
 
 # (state, event) -> destination, precomputed once: this is the hot path of every message.
 TABLE: dict[tuple[str, str], str] = {
-    (src, t.event): dst for t in TRANSITIONS for src, dst in _expand(t).items()
+    (edge.source, event): edge.dest for edge in edges() for event in edge.events
 }
 
 
@@ -143,7 +161,7 @@ def invalid_transition_message(state: str, event: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def machine():
+def machine() -> "Machine":
     """The ``transitions`` machine for the table, built once (used for introspection/diagrams)."""
     from transitions import Machine
 

@@ -16,14 +16,12 @@ from typing import Mapping, TextIO
 
 from ..domain.errors import StoreUnavailable
 from ..obs.logs import ConsoleFormatter
+from ..contract.environment import MESSAGE_ID_VAR, MESSAGE_VAR
 from ..contract.messages import PARAM_NAMES
 from ..domain.outcomes import RETRY, Outcome
 from ..domain.tokens import mask_text
 
 log = logging.getLogger(__name__)
-
-MESSAGE_VAR = "MSG"
-MESSAGE_ID_VAR = "message_id"
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,18 @@
 
 ``setup_logging`` installs one handler on the ``reactor`` logger (and any other loggers named,
 e.g. ``uvicorn``) with the formatter the ``log_format`` key chooses: ``json``, ``console``, or
-``auto`` (console when the stream is a terminal, JSON otherwise). Both formatters pass every
-line through token masking, so a token that slipped into a message, a field or a traceback
-never reaches the output.
+``auto`` (console when the stream is a terminal, JSON otherwise). Token masking is one filter
+on that handler, ``MaskTokens``: it masks the record (message, fields, traceback) before any
+formatter sees it, so a token that slipped into a message, a field or a traceback never
+reaches the output, and the formatters only format.
 
-Structured fields travel in ``extra={"fields": {...}}``; ``log_outcome`` writes the one line
-per processed message (message id, job uuid, event, outcome, attempt, latency).
+Structured fields travel in ``extra={"fields": {...}}``; ``outcome_fields`` gives the fields of
+the one line per processed message (message id, job uuid, event, outcome, attempt, latency).
+
+The formatters are written here rather than taken from python-json-logger: the line's shape
+(envelope keys first, a field never overwriting them, Unicode line separators escaped, the
+traceback under ``exc``) would need about as much code on top of the library as the formatter
+itself is.
 """
 from __future__ import annotations
 
@@ -42,6 +48,8 @@ def _clean(value: Any) -> Any:
         out = {}
         for k, v in value.items():
             name = k if type(k) is str else str(k)
+            if len(name) >= 16 or not name.isidentifier():  # a plain short name holds no token
+                name = mask_text(name)
             if name.lower() in _SECRET_FIELDS:
                 out[name] = mask(v)
             elif type(v) is str:  # the common case, without another call
@@ -56,10 +64,33 @@ def _clean(value: Any) -> Any:
     return mask_text(str(value))
 
 
-def record_fields(record: logging.LogRecord) -> dict:
-    """The structured fields attached to ``record`` (masked), or an empty dict."""
+class MaskTokens(logging.Filter):
+    """Masks tokens in a record in place: its message, its fields and its traceback text.
+
+    In place, so that the handlers after this one see the masked record too; masking is
+    idempotent, so a record that passes two such filters comes out the same."""
+
+    _traceback = logging.Formatter()  # the standard traceback text, as both formatters show it
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Mask ``record``; always let it through."""
+        record.msg, record.args = mask_text(record.getMessage()), None
+        fields = getattr(record, FIELDS_ATTR, None)
+        if isinstance(fields, Mapping):
+            setattr(record, FIELDS_ATTR, _clean(fields))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._traceback.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_text(record.stack_info)
+        return True
+
+
+def record_fields(record: logging.LogRecord) -> Mapping[str, Any]:
+    """The structured fields attached to ``record``, or an empty dict."""
     fields = getattr(record, FIELDS_ATTR, None)
-    return _clean(fields) if isinstance(fields, Mapping) else {}
+    return fields if isinstance(fields, Mapping) else {}
 
 
 _last_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
@@ -77,7 +108,9 @@ def _timestamp(record: logging.LogRecord) -> str:
     return f"{cached[1]}{int(record.msecs):03d}Z"
 
 
-_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+# Valid JSON, but line breaks to readers that split on Unicode line boundaries (Python's
+# splitlines, some log shippers): escaped, so one record stays one line.
+_LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
 # One encoder for every line (json.dumps with options builds one per call); default=str: a
 # field of an unexpected type must not cost the whole line.
 _LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
@@ -87,30 +120,34 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, the record's fields, exc."""
 
     def format(self, record: logging.LogRecord) -> str:
-        """The record as one line of JSON, tokens masked."""
+        """The record as one line of JSON."""
         doc: dict[str, Any] = {"time": _timestamp(record), "level": record.levelname,
-                               "logger": record.name, "message": mask_text(record.getMessage())}
+                               "logger": record.name, "message": record.getMessage()}
         for key, value in record_fields(record).items():
             # Fields never overwrite the envelope: a field named "message" stays distinct.
             doc[key if key not in doc else f"field_{key}"] = value
-        if record.exc_info:
-            doc["exc"] = mask_text(self.formatException(record.exc_info))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            doc["exc"] = record.exc_text
         if record.stack_info:
-            doc["stack"] = mask_text(self.formatStack(record.stack_info))
-        line = mask_text(_LINE_ENCODER.encode(doc))
-        # Valid JSON, but line breaks to readers that split on Unicode line boundaries (Python's
-        # splitlines, some log shippers): escaped, so one record stays one line.
-        return line if line.isascii() else line.translate(_LINE_BREAKS)
+            doc["stack"] = self.formatStack(record.stack_info)
+        line = _LINE_ENCODER.encode(doc)
+        if not line.isascii():  # a search per separator is far cheaper than a translate
+            for char, escaped in _LINE_BREAKS:
+                if char in line:
+                    line = line.replace(char, escaped)
+        return line
 
 
 class ConsoleFormatter(logging.Formatter):
-    """``time LEVEL logger message key=value …`` for people at a terminal, tokens masked."""
+    """``time LEVEL logger message key=value …`` for people at a terminal."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        """The record as one readable line (plus a traceback, if any), tokens masked."""
+        """The record as one readable line (plus a traceback, if any)."""
         text = super().format(record)
         fields = record_fields(record)
         if fields:
@@ -118,7 +155,7 @@ class ConsoleFormatter(logging.Formatter):
                              if v is not None)
             head, sep, tail = text.partition("\n")  # fields go on the first line
             text = f"{head} [{extra}]{sep}{tail}" if extra else text
-        return mask_text(text)
+        return text
 
 
 def _console_value(value: Any) -> str:
@@ -197,23 +234,29 @@ def make_formatter(fmt: str) -> logging.Formatter:
     return JsonFormatter() if fmt == "json" else ConsoleFormatter()
 
 
+def make_handler(stream: TextIO, fmt: str) -> LineHandler:
+    """A handler writing to ``stream`` in a resolved format, tokens masked by its filter."""
+    handler = LineHandler(stream)
+    handler.setFormatter(make_formatter(fmt))
+    handler.addFilter(MaskTokens())
+    return handler
+
+
 def setup_logging(level: str = "INFO", log_format: str = "auto", stream: TextIO | None = None,
                   loggers: Iterable[str] = ("reactor",)) -> logging.Handler:
     """Send the named loggers to ``stream`` (stderr) in the chosen format; returns the handler.
 
     Calling it again replaces the handler installed before (no doubled lines). Process-wide,
-    log records stop collecting the caller's file and line, thread and process (neither format
-    shows them): meant for the ``reactor`` commands, which own their process."""
+    log records stop collecting the thread and process (neither format shows them): meant for
+    the ``reactor`` commands, which own their process."""
     stream = stream if stream is not None else sys.stderr
-    # Neither format shows the caller's file and line, thread or process, so do not collect
-    # them for every record (the logging HOWTO's "Optimization" switches; a consumer writes a
-    # line per message).
-    logging._srcfile = None
+    # Neither format shows the thread or the process, so do not collect them for every record
+    # (the logging HOWTO's "Optimization" switches; a consumer writes a line per message). The
+    # caller's file and line are still looked up: the only switch for that is a private name.
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = LineHandler(stream)
-    handler.setFormatter(make_formatter(choose_format(log_format, stream)))
+    handler = make_handler(stream, choose_format(log_format, stream))
     setattr(handler, _MARK, True)
     for name in loggers:
         logger = logging.getLogger(name)
@@ -229,27 +272,13 @@ def setup_logging(level: str = "INFO", log_format: str = "auto", stream: TextIO 
 
 def outcome_fields(outcome: Any, *, message_id: str | None, attempt: int | None,
                    latency_s: float | None, action: str | None = None) -> dict:
-    """The structured fields of one processed message (for ``extra={"fields": …}``)."""
+    """The structured fields of one processed message (for ``extra={"fields": …}``).
+
+    ``outcome`` is a ``reactor.domain.outcomes.Outcome``; ``action`` says what was done with the
+    message (ack, retry_later, dead_letter)."""
     fields = {"message_id": message_id, "job_uuid": outcome.job_uuid, "event": outcome.event,
               "outcome": outcome.label, "state": outcome.state, "attempt": attempt,
               "latency_ms": None if latency_s is None else round(latency_s * 1000, 3)}
     if action is not None:
         fields["action"] = action
     return fields
-
-
-def log_outcome(logger: logging.Logger, outcome: Any, *, message_id: str | None,
-                attempt: int | None, latency_s: float | None, action: str | None = None,
-                detail: str | None = None, level: int | None = None) -> None:
-    """Log one line for one processed message: ``<label>: <detail>`` plus structured fields.
-
-    ``outcome`` is a ``reactor.domain.outcomes.Outcome``; ``action`` says what was done with the
-    message (ack, retry_later, dead_letter); ``detail`` replaces the outcome's detail (e.g.
-    one already scrubbed of the message's own token)."""
-    text = outcome.detail if detail is None else detail
-    if level is None:
-        level = logging.INFO if outcome.ok else logging.WARNING
-    fields = outcome_fields(outcome, message_id=message_id, attempt=attempt,
-                            latency_s=latency_s, action=action)
-    logger.log(level, "%s: %s", outcome.label, mask_text(text or ""),
-               extra={FIELDS_ATTR: fields})

@@ -1,0 +1,6 @@
+"""The environment variables of the actor mode (``reactor invoke``, SPEC §7): where the actor
+platform puts the message and its duplicate key. Message parameters come in variables named as
+``contract.messages.PARAM_NAMES``."""
+
+MESSAGE_VAR = "MSG"
+MESSAGE_ID_VAR = "message_id"

@@ -51,7 +51,8 @@ from ..obs.logs import FIELDS_ATTR
 from ..contract.messages import DeleteMessage, EventMessage, MessageRejected
 from ..obs.metrics import Metrics
 from ..domain.tokens import body_token, harmless, mask, mask_text, scrub, shown
-from ..broker.transport import Topology, redact_url
+from ..broker.topology import Topology
+from ..domain.tokens import mask_url as redact_url
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ class BrokerLink:
 
     def __init__(self, url: str, topology: Topology, metrics: Metrics | None = None,
                  factory: Callable[[], Any] | None = None):
-        from ..broker.transport import ConfirmingPublisher, Endpoints
+        from ..broker.confirming import ConfirmingPublisher
+        from ..broker.endpoints import Endpoints
 
         self.url = redact_url(url)
         self.topology = topology

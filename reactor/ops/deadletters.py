@@ -23,7 +23,8 @@ from ..domain.outcomes import DEAD_LETTER_REASONS
 from ..broker.publisher import routing_key
 from ..domain.records import now_iso
 from ..domain.tokens import SECRET_NAMES, body_token, mask, mask_text, scrub
-from ..broker.transport import QueuedMessage, Redrive, RedriveResult, Topology, browse, redrive
+from ..broker.browse import QueuedMessage, Redrive, RedriveResult, browse, redrive
+from ..broker.topology import Topology
 
 DEFAULT_LIMIT = 1000
 REDRIVEN = _c.PREFIX + "redriven"        # how many times this message was re-driven

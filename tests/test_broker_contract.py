@@ -1,171 +1,22 @@
 """One set of behaviour cases, run against the in-memory broker and against RabbitMQ through
 ``ConsumerTransport``: what the consumer relies on of a consuming connection holds for both, so
 tests may use ``reactor.broker.memory`` in place of a broker (RabbitMQ's side skips without a
-broker, except under CI=true).
-
-Deliveries and their properties, the prefetch window, held and partial acks, forwarded copies
-(delayed retry and back after the TTL, dead letters, a copy no queue takes), redelivery when a
-connection closes or is lost, pause and resume, stopping within the grace period, periodic
-tasks, partitions (one routing key, one queue; one active consumer) and quorum queues'
-delivery limit.
+broker, except under CI=true). The cases: deliveries, the prefetch window, held and partial
+acks, forwarded copies (retry and back after the TTL, dead letters, one no queue takes),
+redelivery on close and on a lost connection, pause, stop with grace, periodic tasks,
+partitions (one key, one queue; one active consumer), quorum queues' delivery limit.
 """
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid as _uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from queue_helpers import delete_topology, free_port, queue_depth, wait_until
-from reactor.broker.browse import browse
-from reactor.broker.confirming import ConfirmingPublisher
-from reactor.broker.consumer_transport import connection_factory
-from reactor.broker.memory import MemoryBroker
+from broker_helpers import QUIET_S, MemorySide, RabbitSide, Side
+from queue_helpers import wait_until
 from reactor.broker.topology import Topology
-
-QUIET_S = 0.5  # long enough for a broker to have sent more, had the window allowed it
-
-
-class Consuming:
-    """A connection from a factory, running on its own thread, and what it received."""
-
-    def __init__(self, factory, queues: list[str], prefetch: int):
-        self.received: list = []
-        self.threads: set = set()
-        self.connection = factory(queues, prefetch, self._got)
-        self.runner = threading.Thread(target=self.connection.run, daemon=True)
-        self.runner.start()
-        wait_until(lambda: self.connection.status == "consuming", 60, "consuming")
-
-    def _got(self, delivery) -> None:
-        self.threads.add(threading.current_thread())
-        self.received.append(delivery)
-
-    def wait(self, count: int) -> list:
-        """The first ``count`` deliveries, once that many arrived and no more came."""
-        wait_until(lambda: len(self.received) >= count, 60, f"{count} deliveries")
-        time.sleep(QUIET_S)
-        assert len(self.received) == count, [d.body for d in self.received]
-        return list(self.received)
-
-    def stop(self) -> None:
-        """Close and wait for ``run`` to end."""
-        self.connection.close()
-        self.runner.join(timeout=30)
-        assert not self.runner.is_alive()
-
-
-class MemorySide:
-    """The memory broker, with what the cases need of a broker."""
-
-    def __init__(self, topology: Topology):
-        self.topology = topology
-        self.broker = MemoryBroker(topology)
-        self.factory = self.broker.connection_factory()
-
-    def publish(self, exchange: str, routing_key: str, body: bytes, props=None) -> None:
-        self.broker.publish(exchange, routing_key, body, props or {})
-
-    def depth(self, queue: str) -> int:
-        return self.broker.depth(queue)
-
-    def messages(self, queue: str) -> list:
-        return self.broker.messages(queue)
-
-    def lose(self, consuming: Consuming) -> None:
-        consuming.connection.lose()
-
-    def close(self) -> None:
-        pass
-
-
-class _Proxy:
-    """A TCP relay to the broker, so a test can cut every connection through it at once."""
-
-    def __init__(self, host: str, port: int):
-        self.target = (host, port)
-        self.port = free_port()
-        self._server = socket.create_server(("127.0.0.1", self.port))
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            with self._lock:
-                self._pairs.append((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for s in (source, sink):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def drop(self) -> None:
-        """Cut every connection made so far (new ones are relayed again)."""
-        with self._lock:
-            pairs, self._pairs = self._pairs, []
-        for pair in pairs:
-            for s in pair:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._server.close()
-        self.drop()
-
-
-class RabbitSide:
-    """RabbitMQ, consumed through ``ConsumerTransport`` by way of a relay."""
-
-    def __init__(self, url: str, topology: Topology):
-        self.url = url
-        self.topology = topology
-        parts = urlsplit(url)
-        self.proxy = _Proxy(parts.hostname, parts.port or 5672)
-        userinfo = parts.netloc.rpartition("@")[0]
-        relayed = urlunsplit(parts._replace(netloc=f"{userinfo}@127.0.0.1:{self.proxy.port}"))
-        self.factory = connection_factory(relayed, topology)
-        self.publisher = ConfirmingPublisher(url, topology)  # declares the topology
-
-    def publish(self, exchange: str, routing_key: str, body: bytes, props=None) -> None:
-        self.publisher.publish(exchange, routing_key, body, props or {})
-
-    def depth(self, queue: str) -> int:
-        return queue_depth(self.url, queue)
-
-    def messages(self, queue: str) -> list:
-        return browse(self.url, queue, 1000)[0]
-
-    def lose(self, consuming: Consuming) -> None:
-        self.proxy.drop()
-
-    def close(self) -> None:
-        self.publisher.close()
-        self.proxy.close()
-        t = self.topology
-        delete_topology(self.url, [*t.main_queues, *map(t.retry_queue_for, t.main_queues),
-                                   t.dead_letter_queue],
-                        [t.exchange] + ([t.hash_exchange] if t.partitions else []))
 
 
 @pytest.fixture(params=["memory", "rabbitmq"])
@@ -173,30 +24,18 @@ def open_broker(request):
     """Opens a broker of the kind under test on a fresh topology (keyword arguments of
     ``Topology``); everything opened is closed afterwards."""
     url = request.getfixturevalue("amqp_url") if request.param == "rabbitmq" else None
-    sides, runs = [], []
+    sides: list[Side] = []
 
-    def make(**kwargs):
+    def make(**kwargs) -> Side:
         tag = "t" + _uuid.uuid4().hex[:10]
         kwargs.setdefault("retry_delay_ms", 200)
         topology = Topology(f"{tag}.x", f"{tag}.q", f"{tag}.dead", f"{tag}.retry", **kwargs)
-        side = MemorySide(topology) if url is None else RabbitSide(url, topology)
-        sides.append(side)
-        side.consume = lambda prefetch=10, queues=None: _run(
-            runs, side.factory, queues or topology.main_queues, prefetch)
-        return side
+        sides.append(MemorySide(topology) if url is None else RabbitSide(url, topology))
+        return sides[-1]
 
     yield make
-    for consuming in runs:
-        consuming.connection.close()
-        consuming.runner.join(timeout=30)
     for side in sides:
         side.close()
-
-
-def _run(runs: list, factory, queues: list[str], prefetch: int) -> Consuming:
-    consuming = Consuming(factory, queues, prefetch)
-    runs.append(consuming)
-    return consuming
 
 
 def _publish(side, count: int, routing_key: str = "job", prefix: str = "m") -> None:

@@ -124,7 +124,7 @@ def _resubscribe_gaps(logs: str) -> list[float]:
     for line in logs.splitlines():
         if "reactor.broker.consumer_transport connection to" in line and " lost: " in line:
             kind = "lost"
-        elif "reactor.broker.consumer_transport consuming from" in line:
+        elif "reactor.broker.channel consuming from" in line:
             kind = "consuming"
         else:
             continue

@@ -87,14 +87,15 @@ class Setup:
 
     def declare(self) -> None:
         """Declare the reactor's topology (as the consumer will) so messages can wait in it."""
-        from reactor.broker.transport import ConfirmingPublisher, Topology
+        from reactor.broker.confirming import ConfirmingPublisher
+        from reactor.broker.topology import Topology
 
         ConfirmingPublisher(self.amqp_url, Topology.from_settings(self.app.settings)).close()
 
     @property
     def topology(self):
         """The reactor's queue layout for this setup (partitioned if ``options`` say so)."""
-        from reactor.broker.transport import Topology
+        from reactor.broker.topology import Topology
 
         return Topology.from_settings(self.app.settings)
 

@@ -22,7 +22,7 @@ from reactor.domain import lifecycle
 from reactor.app import App
 from reactor.domain.identifiers import pipeline_uuid
 from reactor.broker.publisher import OutgoingMessage, publish
-from reactor.broker.transport import Topology
+from reactor.broker.topology import Topology
 
 SECRET = "queue-test-secret-" + "y" * 20  # test-only secret, never a deployment value
 

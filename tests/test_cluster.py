@@ -30,7 +30,7 @@ from cluster_helpers import ClusterNodes, consumer_pids, freeze_pids, thaw_pids
 from queue_helpers import (QueueSetup, Workload, count_lines, make_jobs, queue_depth, stop,
                            total_depth, wait_subscribed, wait_until, while_running)
 from reactor.broker.publisher import PublishReport, publish
-from reactor.broker.transport import Endpoints
+from reactor.broker.endpoints import Endpoints
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -115,16 +115,16 @@ class _PausedPublisher(threading.Thread):
 def _connected_nodes(nodes: ClusterNodes, logs: str) -> list[str]:
     """The nodes the consumer connected to, in order, from its log."""
     return [nodes.node_of(line) or "?" for line in logs.splitlines()
-            if "reactor.broker.transport connected to" in line]
+            if "reactor.broker.consumer_transport connected to" in line]
 
 
 def _resubscribe_gaps(logs: str) -> list[float]:
     """Seconds from each lost connection to the next new subscription, by the log's clock."""
     events = []
     for line in logs.splitlines():
-        if "reactor.broker.transport connection to" in line and " lost: " in line:
+        if "reactor.broker.consumer_transport connection to" in line and " lost: " in line:
             kind = "lost"
-        elif "reactor.broker.transport consuming from" in line:
+        elif "reactor.broker.channel consuming from" in line:
             kind = "consuming"
         else:
             continue

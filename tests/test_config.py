@@ -201,7 +201,7 @@ def test_broker_url_as_a_yaml_list_reads_as_the_comma_separated_variable(tmp_pat
     from_file = config.load(env={}, path=path).broker_url
     from_env = config.load(env={"REACTOR_BROKER_URL": ",".join(NODES)}).broker_url
     assert from_file == from_env == ",".join(NODES)
-    from reactor.broker.transport import broker_urls
+    from reactor.broker.endpoints import broker_urls
 
     assert broker_urls(from_file) == NODES
     assert broker_urls(f" {NODES[0]} ,, {NODES[1]} ") == NODES
@@ -217,7 +217,7 @@ def test_a_bad_broker_url_list_entry_is_named_without_showing_the_urls(tmp_path,
 
 
 def test_quorum_topology_takes_its_delivery_limit_from_max_attempts():
-    from reactor.broker.transport import Topology
+    from reactor.broker.topology import Topology
 
     s = config.load(env={"REACTOR_QUEUE_TYPE": "quorum", "REACTOR_MAX_ATTEMPTS": "4"})
     topology = Topology.from_settings(s)

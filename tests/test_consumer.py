@@ -22,7 +22,8 @@ from reactor.domain.identifiers import typed_uuid
 from reactor.domain.outcomes import APPLIED, DUPLICATE, REJECTED, RETRY, Outcome
 from reactor.engine.pipeline import Pipeline
 from reactor.broker.publisher import OutgoingMessage, message_id, publish
-from reactor.broker.transport import Delivery, Topology
+from reactor.broker.base import Delivery
+from reactor.broker.topology import Topology
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.mongo]
 

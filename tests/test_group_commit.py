@@ -546,7 +546,7 @@ def test_consumer_group_commit_settles_each_message_after_the_commit(batch_setup
 def test_a_bad_batch_size_is_a_start_up_error_naming_the_key():
     from reactor.consume.consumer import Consumer, Limits
     from reactor.domain.errors import ConfigError
-    from reactor.broker.transport import Topology
+    from reactor.broker.topology import Topology
 
     with pytest.raises(ConfigError, match="bad value for 'batch_size': 0"):
         Consumer(None, lambda: None, "amqp://guest:guest@127.0.0.1:1/%2F", Topology(), 10,

@@ -183,7 +183,8 @@ def test_token_never_leaks_into_dead_letter_details(world, case):
     from reactor.consume.consumer import Limits, decide, forwarded_properties
     from reactor.ops.deadletters import from_queued
     from reactor.engine.pipeline import Pipeline
-    from reactor.broker.transport import Delivery, QueuedMessage
+    from reactor.broker.base import Delivery
+    from reactor.broker.browse import QueuedMessage
 
     msg, _ = case
     body = msg.encode("utf-8", "surrogatepass")
@@ -212,7 +213,8 @@ def test_token_never_leaks_into_dead_letter_routing_key_or_message_id(world, slo
     from reactor.consume.consumer import Limits, decide, forwarded_properties
     from reactor.ops.deadletters import from_queued
     from reactor.engine.pipeline import Pipeline
-    from reactor.broker.transport import Delivery, QueuedMessage
+    from reactor.broker.base import Delivery
+    from reactor.broker.browse import QueuedMessage
 
     body = event_body(TOKENS[0], "run", JOBS[0]).encode()
     message_id = TOKENS[1] if slot == "message_id" else "dl-2"

@@ -14,7 +14,7 @@ from conftest import missing
 from queue_helpers import QueueSetup, drain
 from reactor.domain.errors import ValidationError
 from reactor.domain.identifiers import typed_uuid
-from reactor.broker.publisher import message_id, parse_messages
+from reactor.broker.publisher import message_id, parse_messages, routing_key
 
 JOB = typed_uuid("pipelinejob", "publish tests")
 
@@ -55,6 +55,14 @@ def test_array_and_json_lines_give_one_message_per_object():
 def test_bad_input_names_the_file_and_the_place(data, where):
     with pytest.raises(ValidationError, match=__import__("re").escape(where)):
         parse_messages("f", data)
+
+
+def test_the_routing_key_is_the_job_uuid_or_nothing():
+    assert routing_key({"uuid": JOB}) == JOB
+    # Anything else routes by "": another kind of uuid, upper case, not text, no object.
+    pipeline = typed_uuid("pipeline", "publish tests")
+    for doc in ({"uuid": pipeline}, {"uuid": JOB.upper()}, {"uuid": 7}, {}, [JOB], JOB):
+        assert routing_key(doc) == "", doc
 
 
 def test_raw_sends_the_bytes_unchanged_and_unique_ids_differ():

@@ -16,8 +16,11 @@ from queue_helpers import delete_topology, drain, free_port, queue_depth, wait_u
 
 from reactor.domain.errors import ConfigError
 from reactor.broker.publisher import OutgoingMessage, publish
-from reactor.broker.transport import (ConfirmingPublisher, ConsumerTransport, Endpoints, Topology,
-                               broker_urls, redact_url)
+from reactor.broker.confirming import ConfirmingPublisher
+from reactor.broker.consumer_transport import ConsumerTransport
+from reactor.broker.endpoints import Endpoints, broker_urls
+from reactor.broker.topology import Topology
+from reactor.domain.tokens import mask_url
 
 PREFETCH = 5
 MESSAGES = 20
@@ -98,7 +101,7 @@ def _dead_urls(count: int) -> list[str]:
 def test_endpoints_go_round_the_urls_and_count_a_round_of_failures():
     urls = _dead_urls(3)
     endpoints = Endpoints(",".join(urls), rng=_InOrder())
-    assert endpoints.urls == [redact_url(u) for u in urls] and "guest:***@" in endpoints.url
+    assert endpoints.urls == [mask_url(u) for u in urls] and "guest:***@" in endpoints.url
     assert [endpoints.failed() for _ in range(6)] == [False, False, True] * 2
     endpoints.failed()
     endpoints.worked()  # a success starts the count again
@@ -120,9 +123,9 @@ def test_clients_skip_the_urls_that_do_not_answer(amqp_url, caplog):
     runner.start()
     try:
         wait_until(lambda: transport.status == "consuming", 60, "the transport consuming")
-        assert transport.url == redact_url(amqp_url)
+        assert transport.url == mask_url(amqp_url)
         with ConfirmingPublisher(Endpoints(",".join(urls), rng=_InOrder()), topology) as first:
-            assert first.url == redact_url(amqp_url)
+            assert first.url == mask_url(amqp_url)
         # Shuffled, as configured: whatever the order, every message is confirmed.
         messages = [OutgoingMessage(f"m{n}", f'{{"n": {n}}}'.encode(), "", f"{tag}.{n}")
                     for n in range(5)]
@@ -232,7 +235,7 @@ def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered_by_the_broke
     assert dead[0].headers["x-first-death-reason"] == "delivery_limit"
     # ``reactor deadletters`` names it as the reactor would have: its attempts ran out.
     from reactor.ops.deadletters import from_queued
-    from reactor.broker.transport import QueuedMessage
+    from reactor.broker.browse import QueuedMessage
 
     letter = from_queued(QueuedMessage(0, dead[0].body, {"headers": dead[0].headers},
                                        dead[0].routing_key, topology.exchange, False))

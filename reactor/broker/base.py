@@ -1,7 +1,8 @@
 """What the consumer needs of a broker: a delivery, and a consuming connection to settle it on.
 
-RabbitMQ's implementation is ``transport.ConsumerTransport``; tests can stand in another with
-the same surface (the consumer never builds its connection itself, it is handed a factory).
+RabbitMQ's implementation is ``consumer_transport.ConsumerTransport``, and ``memory`` has one
+for tests with the same surface (the consumer never builds its connection itself, it is handed
+a factory).
 """
 from __future__ import annotations
 

@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 import uuid as _uuid
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..domain.errors import ValidationError
-from .transport import (Backoff, BrokerError, BrokerRefused, ConfirmingPublisher, Endpoints,
-                        Topology)
+from ..domain.errors import BrokerError, ValidationError
+from ..domain.identifiers import check_typed
+from .confirming import ConfirmingPublisher
+from .endpoints import Endpoints
+from .failures import BrokerRefused, Waits, capped_backoff
+from .topology import Topology
 
 # Reconnection rounds (every URL tried once each) after a lost connection, with the capped
 # backoff between them (0.5 s doubling): about half a minute before the rest is given up.
@@ -42,8 +44,6 @@ RECONNECT_ROUNDS = 6
 # answers by closing the channel (say, one beyond its size limit) must not loop forever.
 TRIES_PER_MESSAGE = 3
 APP_ID = "reactor publish"
-
-_JOB_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,10 @@ class PublishReport:
 
 def routing_key(doc: object) -> str:
     """The job uuid of a message (its routing key), or "" when it names none."""
-    value = doc.get("uuid") if isinstance(doc, dict) else None
-    return value if isinstance(value, str) and _JOB_UUID.fullmatch(value) else ""
+    try:
+        return check_typed(doc.get("uuid") if isinstance(doc, dict) else None, "pipelinejob")
+    except ValueError:
+        return ""
 
 
 def message_id(body: bytes, unique: bool = False) -> str:
@@ -179,9 +181,9 @@ class _Session:
     def _reconnect(self, why: str) -> None:
         """Open a new publisher (next node first); sets ``gone`` if every round failed."""
         self.close()
-        backoff = Backoff()
+        waits = Waits(capped_backoff(0.5, 30.0))
         for _ in range(self.rounds):
-            self.sleep(backoff.next())
+            self.sleep(waits.next())
             try:
                 self.publisher = ConfirmingPublisher(self.endpoints, self.topology)
             except BrokerRefused as exc:

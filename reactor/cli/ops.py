@@ -58,7 +58,7 @@ def deadletters() -> None:
 
 
 def _topology(app):
-    from ..broker.transport import Topology
+    from ..broker.topology import Topology
 
     return Topology.from_settings(app.settings)
 

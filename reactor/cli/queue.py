@@ -58,7 +58,7 @@ def consume(health_file: str | None, health_interval: float, grace: float,
     from ..obs.metrics import Metrics
     from ..engine.pipeline import Pipeline
     from ..engine.pipeline_process import PipelineProcess
-    from ..broker.transport import Topology
+    from ..broker.topology import Topology
 
     index, members = _member(member)
     if processes > 1:
@@ -150,7 +150,7 @@ def publish(sources: tuple[str, ...], raw: bool, unique_ids: bool,
     broker confirmed; exits 1 if any was not confirmed, 2 on bad input (nothing published).
     """
     from ..broker.publisher import parse_messages, publish as publish_all
-    from ..broker.transport import Topology
+    from ..broker.topology import Topology
 
     app = app_from_context()
     try:

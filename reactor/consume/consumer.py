@@ -63,7 +63,9 @@ from ..engine.pipeline_process import PipelineProcess
 from ..domain.records import now_iso
 from ..domain import tokens
 from ..domain.tokens import SECRET_NAMES, body_token, mask_text
-from ..broker.transport import ConsumerTransport, Delivery, Topology
+from ..broker.base import Delivery
+from ..broker.consumer_transport import ConsumerTransport
+from ..broker.topology import Topology
 
 log = logging.getLogger(__name__)
 

@@ -115,6 +115,26 @@ def mask_text(text: str) -> str:
     return _SECRETISH.sub(_masked, text)
 
 
+# One URL's scheme and authority (user:password@hosts), which ends at a path, a query, white
+# space, or where the next URL of a comma-separated list begins (its scheme).
+_URL_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)"
+                            r"((?:(?![A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s])*)")
+
+
+def _masked_authority(match: re.Match) -> str:
+    # The last "@" ends the user information: a password may hold an unencoded "@".
+    userinfo, at, hosts = match.group(2).rpartition("@")
+    if not at or ":" not in userinfo:
+        return match.group(0)
+    return f"{match.group(1)}{userinfo.split(':', 1)[0]}:***@{hosts}"
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of every URL in it (one, or several separated by commas)
+    replaced by ``***``: safe for logs and errors."""
+    return _URL_AUTHORITY.sub(_masked_authority, text)
+
+
 def mask_quoted(text: str) -> str:
     """``mask_text``, and each quoted value ('…' or "…") that ``shown`` would not echo replaced
     by its length: for texts written by others (click's usage errors) that quote a caller's

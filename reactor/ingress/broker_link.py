@@ -11,7 +11,10 @@ from typing import Any, Callable, Mapping
 
 from ..domain.errors import BrokerError
 from ..obs.metrics import Metrics
-from ..broker.transport import ConfirmingPublisher, Endpoints, Topology, redact_url
+from ..broker.confirming import ConfirmingPublisher
+from ..broker.endpoints import Endpoints
+from ..broker.topology import Topology
+from ..domain.tokens import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ class BrokerLink:
 
     def __init__(self, url: str, topology: Topology, metrics: Metrics | None = None,
                  factory: Callable[[], Any] | None = None):
-        self.url = redact_url(url)
+        self.url = mask_url(url)
         self.topology = topology
         self.metrics = metrics
         # Shared by the publishers that replace one another: one URL or one per cluster node,

@@ -49,7 +49,7 @@ from ..domain.errors import BrokerError
 from ..obs.logs import FIELDS_ATTR
 from ..obs.metrics import Metrics
 from ..domain.tokens import scrub, shown
-from ..broker.transport import Topology
+from ..broker.topology import Topology
 from .broker_link import KEEPALIVE_S, BrokerLink
 from .handlers import Ingress
 from .request import HttpError

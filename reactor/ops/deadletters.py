@@ -2,7 +2,7 @@
 
 A dead letter is the original body plus the ``x-reactor-*`` headers the consumer wrote
 (``reactor.consume.consumer``): reason, detail, attempts, first seen, original routing key and message
-id. Here they become ``DeadLetter`` values; the broker work is ``reactor.broker.transport``.
+id. Here they become ``DeadLetter`` values; the broker work is ``reactor.broker.browse``.
 
 Re-driving publishes a chosen message to the configured exchange with its original routing key
 (the job uuid) and message id, with a publisher confirm, and only then removes it from the
@@ -23,7 +23,8 @@ from ..domain.outcomes import DEAD_LETTER_REASONS
 from ..broker.publisher import routing_key
 from ..domain.records import now_iso
 from ..domain.tokens import SECRET_NAMES, body_token, mask, mask_text, scrub
-from ..broker.transport import QueuedMessage, Redrive, RedriveResult, Topology, browse, redrive
+from ..broker.browse import QueuedMessage, Redrive, RedriveResult, browse, redrive
+from ..broker.topology import Topology
 
 DEFAULT_LIMIT = 1000
 REDRIVEN = _c.PREFIX + "redriven"        # how many times this message was re-driven

@@ -62,6 +62,7 @@ class Side:
         return self.runs[-1]
 
     def close(self) -> None:
+        """Close every connection opened."""
         for consuming in self.runs:
             consuming.connection.close()
             consuming.runner.join(timeout=30)
@@ -76,15 +77,19 @@ class MemorySide(Side):
         self.factory = self.broker.connection_factory()
 
     def publish(self, exchange: str, routing_key: str, body: bytes, props: dict) -> None:
+        """Publish one message."""
         self.broker.publish(exchange, routing_key, body, props)
 
     def depth(self, queue: str) -> int:
+        """Ready messages in ``queue``."""
         return self.broker.depth(queue)
 
     def messages(self, queue: str) -> list:
+        """The ready messages of ``queue``, left in place."""
         return self.broker.messages(queue)
 
     def lose(self, consuming: Consuming) -> None:
+        """Lose the connection of ``consuming``."""
         consuming.connection.lose()
 
 
@@ -128,6 +133,7 @@ class _Proxy:
             _shut(*pair)
 
     def close(self) -> None:
+        """Stop relaying."""
         self._server.close()
         self.drop()
 
@@ -154,18 +160,23 @@ class RabbitSide(Side):
         self.publisher = ConfirmingPublisher(url, topology)  # declares the topology
 
     def publish(self, exchange: str, routing_key: str, body: bytes, props: dict) -> None:
+        """Publish one message, confirmed."""
         self.publisher.publish(exchange, routing_key, body, props)
 
     def depth(self, queue: str) -> int:
+        """Ready messages in ``queue``."""
         return queue_depth(self.url, queue)
 
     def messages(self, queue: str) -> list:
+        """The ready messages of ``queue``, left in place."""
         return browse(self.url, queue, 1000)[0]
 
     def lose(self, consuming: Consuming) -> None:
+        """Cut the connection (the relay drops it)."""
         self.proxy.drop()
 
     def close(self) -> None:
+        """Close the connections and delete the topology."""
         super().close()
         self.publisher.close()
         self.proxy.close()

@@ -182,7 +182,7 @@ def _drop_invoke_handlers() -> None:
     # its own stderr, so the handler of an earlier run must not survive into the next one.
     logger = logging.getLogger("reactor")
     for h in list(logger.handlers):
-        if getattr(h, "_reactor_invoke", False) or getattr(h, "_reactor_logs", False):
+        if getattr(h, "_reactor_logs", False):
             logger.removeHandler(h)
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Mapping, TextIO
 
 from ..domain.errors import StoreUnavailable
-from ..obs.logs import ConsoleFormatter
 from ..contract.environment import MESSAGE_ID_VAR, MESSAGE_VAR
 from ..contract.messages import PARAM_NAMES
 from ..domain.outcomes import RETRY, Outcome
@@ -70,14 +69,3 @@ def emit(outcome: Outcome, stream: TextIO | None = None) -> None:
     log.log(level, "%s job=%s event=%s state=%s: %s", outcome.label, outcome.job_uuid,
             outcome.event, outcome.state, outcome.detail)
 
-
-def log_to_stderr(level: str = "INFO") -> None:
-    """Send reactor logs to stderr (stdout is reserved for the outcome line)."""
-    logger = logging.getLogger("reactor")
-    if not any(getattr(h, "_reactor_invoke", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        # The console formatter masks tokens in every line, like every handler the reactor sets.
-        handler.setFormatter(ConsoleFormatter())
-        handler._reactor_invoke = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.setLevel(level.upper())

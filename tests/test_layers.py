@@ -18,7 +18,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "contract": {"domain"},
     "store": {"domain"},
     "obs": {"domain"},
-    "broker": {"domain", "contract"},
+    "broker": {"domain", "contract", "config"},
     "config": {"domain"},
     "engine": {"domain", "contract", "store", "config"},
     "app": {"domain", "config", "engine", "store"},

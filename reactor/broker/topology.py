@@ -9,6 +9,7 @@ from typing import Any
 from pika.exchange_type import ExchangeType
 
 from ..domain.errors import ConfigError
+from ..config import Settings
 
 HASH_EXCHANGE_TYPE = "x-consistent-hash"
 _NAME = re.compile(r"^[\w.:-]{1,200}$")
@@ -60,7 +61,7 @@ class Topology:
                               "be at least 1")
 
     @classmethod
-    def from_settings(cls, settings: Any, partitions: int | None = None) -> "Topology":
+    def from_settings(cls, settings: Settings, partitions: int | None = None) -> "Topology":
         """The topology named by the configuration (``partitions`` overrides the setting)."""
         if partitions is None:
             partitions = settings.partitions

@@ -554,7 +554,7 @@ def test_trailing_newline_store_locations_do_not_open_another_store(world, form)
     or database whose name ends in a newline)."""
     import base64
 
-    from reactor.ingress.library import store_location
+    from reactor.ingress.library_args import store_location
 
     if form == "database":
         for name in ("reactor\n", "reactor ", "react\tor", "reactor\r\n"):
@@ -1566,10 +1566,10 @@ def test_serve_and_invoke_agree_on_callbacks_at_the_depth_limit(served, world):
     ``reactor invoke`` agree on each (accepted by both or refused by both); a 202 means the
     queued message is one the consumer applies; the deepest accepted RUNNING callback is
     accepted (not a 500) and one level beyond the limit is refused."""
-    from reactor.contract import messages
+    from reactor.domain.jsonvalues import MESSAGE_MAX_DEPTH
     from reactor.engine.pipeline import Pipeline
 
-    limit = getattr(messages, "MAX_DEPTH", 64)
+    limit = MESSAGE_MAX_DEPTH
 
     def body(depth: int, status: str) -> str:
         # The top-level object is level 1; "payload" holds the remaining depth - 1 levels.

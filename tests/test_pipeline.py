@@ -407,7 +407,7 @@ def _nested(depth: int) -> dict:
 def test_a_running_callback_must_fit_as_event_data(jobs, pipeline):
     """Its body becomes the event's data one level deeper: it must be valid there too, so a
     callback accepted here (or by ``reactor invoke``) is never refused once queued."""
-    from reactor.contract.messages import MAX_DEPTH
+    from reactor.domain.jsonvalues import MESSAGE_MAX_DEPTH as MAX_DEPTH
 
     uuid, token = new_job(jobs)
     params = {"uuid": uuid, "token": token}

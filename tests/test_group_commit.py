@@ -1,8 +1,8 @@
 """Group commit: a batch gives exactly what one-by-one processing gives, on both backends.
 
-Store level: ``commit_events`` against ``commit_event`` on twin jobs. Pipeline level:
-``GroupCommit`` against ``Pipeline.process`` on twin jobs, with conflicts (stale states,
-repeated keys, invalid transitions, bad tokens, unknown jobs, deletes) mixed into the batches.
+Store level: ``commit_events`` against ``commit_event`` on twin jobs. Pipeline level: lists of
+many messages against lists of one on twin jobs, with conflicts (stale states, repeated keys,
+invalid transitions, bad tokens, unknown jobs, deletes) mixed into the lists.
 """
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import pymongo
 import pytest
 
 from reactor.domain import records
-from reactor.engine.batching import GroupCommit, Item
 from reactor.engine.statecache import StateCache
 from reactor.domain.errors import StoreUnavailable
 from reactor.domain.identifiers import typed_uuid
-from reactor.engine.pipeline import Pipeline
+from reactor.engine.pipeline import Item, Pipeline
 from reactor.store import open_store
 from reactor.store.sqlite import SqliteJobStore
 
@@ -232,12 +231,23 @@ def test_mongo_job_documents_are_keyed_by_uuid(mongo_store_uri):
         store.close()
 
 
-# --- pipeline: GroupCommit against Pipeline.process -------------------------------------------
+# --- pipeline: lists of many against lists of one ---------------------------------------------
 
-# Group commit's planning with one store write for the batch, and with a commit per change (what
+# Group commit's planning with one store write for the list, and with a commit per change (what
 # the consumer's pipeline process does with one commit per message).
 SEPARATE = pytest.mark.parametrize("separate", [False, True],
                                    ids=["one-write", "separate-commits"])
+
+
+def one(pipeline: Pipeline, item: Item):
+    """``item`` processed on its own: a list of one."""
+    [outcome] = pipeline.process([item])
+    return outcome
+
+
+def then_one_by_one(pipeline: Pipeline, items: list[Item], outcomes: list) -> list:
+    """What a caller does with a list's outcomes: each undecided item on its own, in order."""
+    return [o if o is not None else one(pipeline, i) for i, o in zip(items, outcomes)]
 
 
 class Side:
@@ -292,12 +302,11 @@ def test_batches_give_the_same_outcomes_and_records_as_one_by_one(jobs, separate
     a, b = twins(jobs, 5)
     pipeline = Pipeline(jobs)
     names = {u: f"<job {n}>" for side in (a, b) for n, u in enumerate(side)}
-    one = [pipeline.process(i.body, i.message_id, i.params)
-           for batch in script(Side(jobs, a, "a")) for i in batch]
-    group = GroupCommit(pipeline, separate)
+    alone = [one(pipeline, i) for batch in script(Side(jobs, a, "a")) for i in batch]
+    group = Pipeline(jobs, separate_commits=separate)
     grouped = [o for batch in script(Side(jobs, b, "b")) for o in group.process(batch)]
     assert None not in grouped
-    assert [shape(o, names) for o in grouped] == [shape(o, names) for o in one]
+    assert [shape(o, names) for o in grouped] == [shape(o, names) for o in alone]
     assert [o.label for o in grouped[:12]] == [
         "applied", "applied", "applied", "rejected:invalid_transition", "applied", "duplicate",
         "rejected:auth_failed", "rejected:unknown_job", "rejected:decode_error", "applied",
@@ -316,23 +325,23 @@ def test_batches_give_the_same_outcomes_and_records_as_one_by_one(jobs, separate
 @SEPARATE
 def test_a_stale_remembered_state_falls_back_and_decides_correctly(jobs, separate):
     (x, y), _ = twins(jobs, 2)
-    pipeline = Pipeline(jobs)
-    group = GroupCommit(pipeline, separate)
+    group = Pipeline(jobs, separate_commits=separate)
     side = Side(jobs, [x, y], "s")
     assert [o.label for o in group.process([side.event(0, "run", msg_id="1"),
                                             side.event(1, "update", msg_id="2")])] == \
         ["applied", "applied"]
-    assert (group.cache.get(x), group.cache.get(y)) == ("RUNNING", "CREATED")
+    assert (group.states.get(x), group.states.get(y)) == ("RUNNING", "CREATED")
     # Another writer moves both jobs behind the batch processor's back.
+    other = Pipeline(jobs)
     for item in (side.event(0, "finish", msg_id="3"), side.event(1, "run", msg_id="4")):
-        assert pipeline.process(item.body, item.message_id).label == "applied"
+        assert one(other, item).label == "applied"
     outcomes = group.process([side.event(0, "index", msg_id="5"),     # invalid from RUNNING
                               side.event(1, "update", msg_id="6")])  # CAS from CREATED misses
     assert [(o.label, o.state) for o in outcomes] == [("applied", "INDEXING"),
                                                       ("applied", "RUNNING")]
     assert "moved RUNNING → RUNNING" in outcomes[1].detail
     assert [h["name"] for h in jobs.get(y)["history"]] == ["create", "update", "run", "update"]
-    assert (group.cache.get(x), group.cache.get(y)) == ("INDEXING", "RUNNING")
+    assert (group.states.get(x), group.states.get(y)) == ("INDEXING", "RUNNING")
 
 
 @SEPARATE
@@ -340,13 +349,12 @@ def test_a_stale_state_never_lets_a_later_event_overtake_an_earlier_one(jobs, se
     """Later events of a job are planned from the state its earlier ones lead to; when an
     earlier one misses, the later ones are not tried in the batch but follow it one by one."""
     (x,), _ = twins(jobs, 1)
-    pipeline = Pipeline(jobs)
-    group = GroupCommit(pipeline, separate)
+    group = Pipeline(jobs, separate_commits=separate)
     side = Side(jobs, [x], "t")
     assert group.process([side.event(0, "update", msg_id="1")])[0].label == "applied"
-    assert group.cache.get(x) == "CREATED"
+    assert group.states.get(x) == "CREATED"
     # Another writer runs the job: the batch processor still remembers CREATED.
-    assert pipeline.process(side.event(0, "run", msg_id="2").body, "2").label == "applied"
+    assert one(Pipeline(jobs), side.event(0, "run", msg_id="2")).label == "applied"
     outcomes = group.process([side.event(0, "run", {"n": 1}, msg_id="3"),   # misses (RUNNING)
                               side.event(0, "update", {"n": 2}, msg_id="4")])
     # "update", planned from the RUNNING that "run" leads to, would have matched the job and
@@ -364,7 +372,7 @@ def test_many_events_of_one_job_in_one_batch_apply_in_delivery_order(jobs, separ
     names = ["run"] + ["update"] * 5 + ["finish", "index", "indexed", "validate", "validated",
                                         "finalize"]
     items = [side.event(0, name, {"i": i}, msg_id=str(i)) for i, name in enumerate(names)]
-    outcomes = GroupCommit(Pipeline(jobs), separate).process(items)
+    outcomes = Pipeline(jobs, separate_commits=separate).process(items)
     assert {o.label for o in outcomes} == {"applied"}
     record = jobs.get(uuid)
     assert record["state"] == "FINALIZED" and record["revision"] == 1 + len(names)
@@ -381,7 +389,7 @@ def test_a_store_that_stops_answering_leaves_the_rest_undecided(sqlite_uri, auth
     store.add_pipeline({"uuid": jobs.pipeline_uuid, "name": "p"})
     uuids, _ = twins(jobs, 3)
     side = Side(jobs, uuids, "d")
-    group = GroupCommit(Pipeline(jobs))
+    group = Pipeline(jobs)
     items = [side.event(0, "run", msg_id="1"), side.event(1, "run", token="wrong", msg_id="2"),
              side.event(2, "run", msg_id="3"), side.event(0, "update", msg_id="4")]
     # Another process holds the write lock for longer than this store waits.
@@ -396,17 +404,18 @@ def test_a_store_that_stops_answering_leaves_the_rest_undecided(sqlite_uri, auth
     assert [o and o.label for o in outcomes] == [None, "rejected:auth_failed", None, None]
     assert [jobs.get(u)["revision"] for u in uuids] == [1, 1, 1]
     # The caller processes the undecided ones one by one, in order: each applied exactly once.
-    final = [o or group.pipeline.process(i.body, i.message_id) for i, o in zip(items, outcomes)]
+    final = then_one_by_one(group, items, outcomes)
     assert [o.label for o in final] == ["applied", "rejected:auth_failed", "applied", "applied"]
     assert [jobs.get(u)["state"] for u in uuids] == ["RUNNING", "CREATED", "RUNNING"]
-    assert GroupCommit(Pipeline(jobs)).process_all(items)[0].label == "duplicate"
+    again = Pipeline(jobs)
+    assert then_one_by_one(again, items, again.process(items))[0].label == "duplicate"
     store.close()
 
 
 def test_separate_commits_give_each_change_a_commit_of_its_own(jobs, monkeypatch):
     uuids, _ = twins(jobs, 3)
     side = Side(jobs, uuids, "c")
-    group = GroupCommit(Pipeline(jobs), separate_commits=True)
+    group = Pipeline(jobs, separate_commits=True)
     commits = []
     real = jobs.store.commit_event
 
@@ -432,7 +441,7 @@ def test_separate_commits_keep_what_was_committed_when_the_store_fails_midway(jo
                                                                               monkeypatch):
     uuids, _ = twins(jobs, 3)
     side = Side(jobs, uuids, "f")
-    group = GroupCommit(Pipeline(jobs), separate_commits=True)
+    group = Pipeline(jobs, separate_commits=True)
     real = jobs.store.commit_event
     commits = []
 
@@ -450,7 +459,7 @@ def test_separate_commits_keep_what_was_committed_when_the_store_fails_midway(jo
     assert [o and o.label for o in outcomes] == ["applied", None, None]
     assert [jobs.get(u)["revision"] for u in uuids] == [2, 1, 1]
     monkeypatch.setattr(jobs.store, "commit_event", real)
-    final = [o or group.pipeline.process(i.body, i.message_id) for i, o in zip(items, outcomes)]
+    final = then_one_by_one(group, items, outcomes)
     assert [o.label for o in final] == ["applied"] * 3
     assert [jobs.get(u)["revision"] for u in uuids] == [2, 2, 2]
 
@@ -499,7 +508,7 @@ def batch_setup(amqp_url, mongo_store_uri, tmp_path):
 def test_consumer_group_commit_settles_each_message_after_the_commit(batch_setup):
     from queue_helpers import (drain, event, make_jobs, queue_depth, stop, total_depth,
                                wait_until)
-    from reactor.consume.consumer import ATTEMPTS, REASON
+    from reactor.contract.headers import ATTEMPTS, REASON
     from reactor.broker.publisher import OutgoingMessage, publish
 
     setup = batch_setup
@@ -544,13 +553,16 @@ def test_consumer_group_commit_settles_each_message_after_the_commit(batch_setup
 
 
 def test_a_bad_batch_size_is_a_start_up_error_naming_the_key():
-    from reactor.consume.consumer import Consumer, Limits
+    from reactor.consume.consumer import Consumer
+    from reactor.consume.settle import Limits
     from reactor.domain.errors import ConfigError
     from reactor.broker.transport import Topology
 
+    def connect(*args):
+        raise AssertionError("connecting before the configuration was checked")
+
     with pytest.raises(ConfigError, match="bad value for 'batch_size': 0"):
-        Consumer(None, lambda: None, "amqp://guest:guest@127.0.0.1:1/%2F", Topology(), 10,
-                 Limits(), batch_size=0)
+        Consumer(None, lambda: None, connect, Topology(), 10, Limits(), batch_size=0)
 
 
 class CountingStore:
@@ -585,9 +597,12 @@ def test_batch_size_one_commits_each_message_alone_and_the_default_groups_them(
         amqp_url, sqlite_uri, tmp_path, batch_size):
     import threading
 
-    from queue_helpers import QueueSetup, Workload, make_jobs, total_depth, wait_until
-    from reactor.consume.consumer import Consumer, Limits
+    from queue_helpers import (QueueSetup, Workload, connection_factory, make_jobs, total_depth,
+                               wait_until)
+    from reactor.consume.consumer import Consumer
+    from reactor.consume.settle import Limits
     from reactor.engine.jobs import Jobs
+    from reactor.engine.runner import InProcessRunner
 
     setup = QueueSetup(amqp_url, sqlite_uri, tmp_path)
     try:
@@ -597,7 +612,8 @@ def test_batch_size_one_commits_each_message_alone_and_the_default_groups_them(
         work.publish(setup)
         store = CountingStore(app.store)
         pipeline = Pipeline(Jobs(store, app.authority), app.settings.max_message_bytes)
-        consumer = Consumer(pipeline, store.ping, setup.amqp_url, setup.topology,
+        consumer = Consumer(InProcessRunner(pipeline), store.ping,
+                            connection_factory(setup.amqp_url, setup.topology), setup.topology,
                             app.settings.prefetch, Limits.from_settings(app.settings),
                             batch_size=size)
         thread = threading.Thread(target=consumer.run, args=(False,))

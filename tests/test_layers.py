@@ -21,7 +21,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "broker": {"domain", "contract"},
     "config": {"domain"},
     "engine": {"domain", "contract", "store", "config"},
-    "app": {"domain", "config", "engine", "store"},
+    "app": {"domain", "config", "engine", "store", "obs"},  # obs: it sets up the child's logging
     "consume": {"domain", "contract", "engine", "broker", "obs", "config", "app"},
     "ingress": {"domain", "contract", "engine", "broker", "obs", "store", "config", "app"},
     "ops": {"domain", "contract", "engine", "broker", "obs", "store", "config", "app"},
@@ -70,9 +70,6 @@ MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.part
 STILL_BREAKING = {
     "docgen/generate.py": "reads header names from the consumer, fsm text from the CLI, "
                           "environment names from invoke",
-    "engine/pipeline.py": "takes the composition root (App)",
-    "engine/pipeline_process.py": "builds the composition root and sets up logging in the child",
-    "ops/deadletters.py": "reads header names from the consumer",
 }
 
 

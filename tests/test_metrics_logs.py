@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from reactor.obs.logs import (ConsoleFormatter, JsonFormatter, choose_format, log_outcome,
                           setup_logging)
 from reactor.obs.metrics import Metrics
-from reactor.domain.outcomes import APPLIED, DUPLICATE, REJECTED, RETRY, Outcome
+from reactor.domain.outcomes import Kind, Outcome
 
 TOKEN = "0123456789abcdef0123456789abcdef"  # shaped like a job token; used only here
 
@@ -43,8 +43,9 @@ def test_metrics_count_outcomes_in_a_private_registry_and_scrape_over_http():
             in before
         assert value(before, "reactor_messages_total", outcome="applied", reason="") == 0
 
-        workload = [Outcome(APPLIED)] * 3 + [Outcome(DUPLICATE)] + \
-            [Outcome(REJECTED, "auth_failed")] * 2 + [Outcome(RETRY, "store_unavailable")]
+        workload = [Outcome(Kind.APPLIED)] * 3 + [Outcome(Kind.DUPLICATE)] + \
+            [Outcome(Kind.REJECTED, "auth_failed")] * 2 + \
+            [Outcome(Kind.RETRY, "store_unavailable")]
         for n, outcome in enumerate(workload):
             with a.in_progress():
                 a.observe(outcome, 0.002 * (n + 1))
@@ -190,10 +191,10 @@ def test_console_lines_are_readable_and_masked():
 
 def test_log_outcome_writes_one_structured_line_per_message():
     logger, stream = _logger("outcome", JsonFormatter())
-    log_outcome(logger, Outcome(APPLIED, None, "job 107x: run moved CREATED → RUNNING", "107x",
+    log_outcome(logger, Outcome(Kind.APPLIED, None, "job 107x: run moved CREATED → RUNNING", "107x",
                                 "run", "RUNNING"),
                 message_id="m-1", attempt=1, latency_s=0.0123, action="ack")
-    log_outcome(logger, Outcome(REJECTED, "auth_failed", f"token={TOKEN} refused", "107x",
+    log_outcome(logger, Outcome(Kind.REJECTED, "auth_failed", f"token={TOKEN} refused", "107x",
                                 "run"), message_id="m-2", attempt=2, latency_s=0.5,
                 action="dead_letter")
     first, second = [json.loads(line) for line in stream.getvalue().splitlines()]

@@ -8,7 +8,7 @@ import pytest
 from reactor.contract import schemas
 from reactor.engine.jobs import Jobs
 from reactor.domain.outcomes import REJECT_REASONS
-from reactor.engine.pipeline import Pipeline
+from reactor.engine.pipeline import Item, Pipeline
 
 UNKNOWN_JOB = "107ffff0-0000-5000-8000-000000000000"
 
@@ -26,7 +26,8 @@ def new_job(jobs, **data):
 
 def send(pipeline, message, params=None, message_id=None):
     body = message if isinstance(message, bytes) else json.dumps(message).encode()
-    return pipeline.process(body, message_id, params)
+    [outcome] = pipeline.process([Item(body, message_id, params)])
+    return outcome
 
 
 def event(uuid, name, token, **extra):
@@ -200,6 +201,27 @@ def test_an_invalid_transition_names_event_state_and_allowed_events(jobs, pipeli
         assert allowed in outcome.detail
 
 
+def test_an_invalid_transition_is_a_reactor_error_and_still_a_machine_error(jobs):
+    """``except ReactorError`` catches it with every other error the reactor raises, and code
+    written against the replaced system's library (``except MachineError``) still catches it."""
+    from transitions.core import MachineError
+
+    from reactor.domain import lifecycle
+    from reactor.domain.errors import InvalidTransition, ReactorError
+
+    uuid, token = new_job(jobs)
+    for refused in (lambda: lifecycle.next_state("CREATED", "finalize"),
+                    lambda: jobs.apply(uuid, "finalize", token=token),
+                    lambda: jobs.apply(uuid, "create", token=token)):
+        with pytest.raises(ReactorError) as as_reactor_error:
+            refused()
+        with pytest.raises(MachineError) as as_machine_error:
+            refused()
+        for caught in (as_reactor_error.value, as_machine_error.value):
+            assert isinstance(caught, InvalidTransition) and "Can't trigger event" in caught.value
+    assert jobs.get(uuid)["revision"] == 1
+
+
 def test_a_schema_error_reports_path_and_rule(jobs, pipeline):
     uuid, token = new_job(jobs)
     outcome = send(pipeline, event(uuid, "run", token, data=[1]))
@@ -249,16 +271,16 @@ def test_other_callbacks_keep_status_and_job_id(jobs, pipeline):
 
 def test_a_status_parameter_with_an_empty_body_is_a_callback(jobs, pipeline):
     uuid, token = new_job(jobs)
-    outcome = pipeline.process(b"", None, {"uuid": uuid, "token": token, "status": "finished"})
+    outcome = send(pipeline, b"", {"uuid": uuid, "token": token, "status": "finished"})
     assert outcome.label == "rejected:invalid_transition"  # FINISHED → finish, from CREATED
-    outcome = pipeline.process(b"", None, {"uuid": uuid, "token": token, "status": "RUNNING"})
+    outcome = send(pipeline, b"", {"uuid": uuid, "token": token, "status": "RUNNING"})
     assert (outcome.label, outcome.state) == ("applied", "RUNNING")
 
 
 def test_a_parameter_only_event_records_its_note(jobs, pipeline):
     uuid, token = new_job(jobs)
-    outcome = pipeline.process(b"", None, {"uuid": uuid, "event": "Update", "token": token,
-                                           "note": "inputs checked"})
+    outcome = send(pipeline, b"", {"uuid": uuid, "event": "Update", "token": token,
+                                   "note": "inputs checked"})
     assert (outcome.label, outcome.event) == ("applied", "update")
     assert jobs.get(uuid)["history"][-1]["data"] == {"note": "inputs checked"}
 
@@ -329,7 +351,7 @@ def test_a_store_that_stays_locked_is_a_retry_and_changes_nothing(tmp_path, auth
     (b"{\"a\": 1, \"a\": 2}", "decode_error", "duplicate key"),
 ])
 def test_bodies_that_are_not_messages(pipeline, body, reason, where):
-    outcome = pipeline.process(body)
+    outcome = send(pipeline, body)
     assert (outcome.kind, outcome.reason) == ("rejected", reason)
     assert where in outcome.detail
 
@@ -337,8 +359,8 @@ def test_bodies_that_are_not_messages(pipeline, body, reason, where):
 def test_the_size_limit_is_configurable(jobs):
     uuid, token = new_job(jobs)
     body = json.dumps(event(uuid, "run", token)).encode()
-    assert Pipeline(jobs, max_bytes=len(body)).process(body).label == "applied"
-    assert Pipeline(jobs, max_bytes=len(body) - 1).process(body).label == "rejected:too_large"
+    assert send(Pipeline(jobs, max_bytes=len(body)), body).label == "applied"
+    assert send(Pipeline(jobs, max_bytes=len(body) - 1), body).label == "rejected:too_large"
     with pytest.raises(ValueError, match="max_bytes"):
         Pipeline(jobs, max_bytes=0)
 

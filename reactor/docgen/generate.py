@@ -150,7 +150,7 @@ def _schema_docs() -> dict[str, dict]:
 
 
 def _dead_letter_headers() -> dict:
-    from ..consume import consumer as c
+    from ..contract import headers as c
     from ..domain.outcomes import DEAD_LETTER_REASONS
 
     reasons = list(DEAD_LETTER_REASONS)
@@ -173,7 +173,7 @@ def _dead_letter_headers() -> dict:
 
 
 def _retry_headers() -> dict:
-    from ..consume import consumer as c
+    from ..contract import headers as c
 
     return {"type": "object", "properties": {
         c.RETRY_REASON: {"type": "string", "description": "Why the last attempt failed."},

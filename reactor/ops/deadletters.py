@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
-from ..consume import consumer as _c
+from ..contract import headers as _c
 from ..domain.errors import ValidationError
 from ..contract.messages import duplicate_key
 from ..domain.outcomes import DEAD_LETTER_REASONS

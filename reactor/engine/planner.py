@@ -111,14 +111,16 @@ class Planner:
         uuid = message.uuid
         if uuid in plans.alone:
             return ALONE  # after its job's earlier event, in order
-        if uuid not in plans.expected:
-            plans.expected[uuid] = self._state(uuid)
-        state = plans.expected[uuid]
-        if state is None:
-            return Planned(error=UnknownJob(f"no job with uuid {uuid}"))
         try:
+            if uuid not in plans.expected:
+                plans.expected[uuid] = self._state(uuid)
+            state = plans.expected[uuid]
+            if state is None:
+                return Planned(error=UnknownJob(f"no job with uuid {uuid}"))
             change = self.jobs.plan(uuid, message.event, message.data, message.token, key,
                                     state, date, private_data=True)
+        except StoreDown:
+            raise
         except AuthError as exc:
             if not plans.planned.get(uuid):
                 return Planned(error=exc, state=state)
@@ -128,6 +130,11 @@ class Planner:
             # The remembered state may be stale: decide for sure, and the job's later
             # events after it.
             plans.alone.add(uuid)
+            return ALONE
+        except Exception as exc:  # noqa: BLE001 - a bug: alone, it is decided or reported
+            log.warning("planning an event of job %s raised %s; applying it alone", uuid,
+                        type(exc).__name__)
+            plans.alone.add(uuid)  # and its later events after it, so none overtakes it
             return ALONE
         wave = plans.planned.get(uuid, 0)
         plans.planned[uuid] = wave + 1

@@ -10,7 +10,10 @@ from . import config as _config
 from .config import Settings
 
 if TYPE_CHECKING:
+    from .domain.tokens import Authority
+    from .engine.jobs import Jobs
     from .engine.pipeline import Pipeline
+    from .store.base import JobStore
 
 
 class App:
@@ -29,16 +32,19 @@ class App:
 
     @cached_property
     def secret(self) -> str:
+        """The signing secret of tokens, from the configuration."""
         return _config.resolve_secret(self.settings)
 
     @cached_property
-    def authority(self):
+    def authority(self) -> "Authority":
+        """Issues and checks tokens with the secret."""
         from .domain.tokens import Authority
 
         return Authority(self.secret, self.settings.token_length, self.settings.admin_window)
 
     @cached_property
-    def store(self):
+    def store(self) -> "JobStore":
+        """The configured store, opened on first use."""
         from .store import open_store
 
         uri = self.settings.resolved_store_uri
@@ -50,7 +56,8 @@ class App:
                           server_selection_timeout_ms=self.settings.server_selection_timeout_ms)
 
     @cached_property
-    def jobs(self):
+    def jobs(self) -> "Jobs":
+        """Job operations over the store, with the authority and the archive root."""
         from .engine.jobs import Jobs
 
         return Jobs(self.store, self.authority, self.settings.verify_pipelines,

@@ -3,7 +3,6 @@ child's request protocol, the order both runners keep when a message is left und
 the child's life (start, stop, orphaned)."""
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess

@@ -1,8 +1,10 @@
-"""The consumer's parts without a broker: the worker's one rule for an undecided message, with
-either runner, and the ack-holding policy, over a connection kept in memory (the consumer is
-handed a connection factory, so any ``ConsumingConnection`` will do)."""
+"""The consumer's parts without a broker: what each outcome is settled with (``decide``, the
+forwarded copy's headers), the worker's one rule for an undecided message with either runner,
+and the ack-holding policy, over a connection kept in memory (the consumer is handed a
+connection factory, so any ``ConsumingConnection`` will do)."""
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 
@@ -13,8 +15,10 @@ from reactor.app import App, ChildPipeline
 from reactor.broker.base import Delivery
 from reactor.broker.transport import Topology
 from reactor.consume.consumer import Consumer
-from reactor.consume.settle import AckHold, Limits
-from reactor.contract.headers import ATTEMPTS, OUTCOME, RETRY_REASON
+from reactor.consume.settle import AckHold, Limits, attempt_number, decide, forwarded_properties
+from reactor.contract.headers import (ATTEMPTS, FIRST_SEEN, MESSAGE_ID, OUTCOME, REASON,
+                                      RETRY_REASON, ROUTING_KEY)
+from reactor.domain.outcomes import Action, ActionKind, Kind, Outcome
 from reactor.engine.pipeline_process import ChildProcessRunner
 from reactor.engine.runner import InProcessRunner
 
@@ -147,3 +151,57 @@ def test_acks_are_held_while_more_wait_and_go_out_together():
     never.hold(deliveries[:1], [lambda: None])
     never.after_turn(0.0, waiting=True)  # hold_s 0 (lists on their way): never held
     assert connection.settled[-1] == ("ack", 1)
+
+
+# --------------------------------------------------------------------------------- decisions
+def _delivery(headers=None, body=b"{}", **props) -> Delivery:
+    return Delivery(body, 1, 1, "q", "x", "107-key", False,
+                    {"headers": dict(headers or {}), "message_id": "m1", **props})
+
+
+def test_attempt_number_counts_header_and_quorum_redeliveries_and_ignores_garbage():
+    assert attempt_number(_delivery()) == 1
+    assert attempt_number(_delivery({ATTEMPTS: 2})) == 3
+    assert attempt_number(_delivery({ATTEMPTS: 2, "x-delivery-count": 1})) == 4
+    for junk in ("7", -5, True, 2.5, None, [1]):
+        assert attempt_number(_delivery({ATTEMPTS: junk})) == 1, junk
+
+
+@pytest.mark.parametrize("outcome, attempt, want", [
+    (Outcome(Kind.APPLIED), 1, Action("ack")),
+    (Outcome(Kind.DUPLICATE), 9, Action("ack")),
+    (Outcome(Kind.REJECTED, "auth_failed", "d"), 1,
+     Action(ActionKind.DEAD_LETTER, "auth_failed", "d")),
+    (Outcome(Kind.REJECTED, "invalid_transition", "d"), 3,
+     Action(ActionKind.RETRY_LATER, "invalid_transition", "d")),
+    (Outcome(Kind.REJECTED, "invalid_transition", "d"), 4,
+     Action(ActionKind.DEAD_LETTER, "invalid_transition", "d")),
+    (Outcome(Kind.RETRY, "internal_error", "d"), 4,
+     Action(ActionKind.RETRY_LATER, "internal_error", "d")),
+])
+def test_decide(outcome, attempt, want):
+    assert decide(outcome, attempt, Limits(max_attempts=5, transition_retries=3)) == want
+
+
+def test_decide_dead_letters_retries_exhausted_at_max_attempts():
+    action = decide(Outcome(Kind.RETRY, "store_unavailable", "down"), 5, Limits(max_attempts=5))
+    assert action.kind == ActionKind.DEAD_LETTER and action.reason == "retries_exhausted"
+    assert "5 attempts" in action.detail and "retry:store_unavailable" in action.detail
+
+
+def test_forwarded_copy_masks_tokens_and_keeps_origin():
+    token = "ab12" + "c" * 28
+    d = _delivery({"token": token, "X-Auth-Token": token, "keep": "yes", "x-delivery-count": 2},
+                  body=json.dumps({"token": token}).encode())
+    props = forwarded_properties(d, Action(ActionKind.DEAD_LETTER, "auth_failed",
+                                           f'token "{token}" bad'),
+                                 2, "rejected:auth_failed", now="2026-01-01T00:00:00.000Z")
+    h = props["headers"]
+    assert token not in json.dumps(props)
+    assert h["keep"] == "yes" and h[REASON] == "auth_failed" and h[ATTEMPTS] == 2
+    assert h[ROUTING_KEY] == "107-key" and h[MESSAGE_ID] == "m1" and props["message_id"] == "m1"
+    assert "x-delivery-count" not in h, "the broker's own redelivery count must not be copied"
+    again = forwarded_properties(Delivery(b"{}", 2, 1, "q", "", "q", False, props),
+                                 Action(ActionKind.RETRY_LATER, "timeout"), 3, "retry:timeout")
+    assert again["headers"][ROUTING_KEY] == "107-key", "the first routing key is kept"
+    assert again["headers"][FIRST_SEEN] == "2026-01-01T00:00:00.000Z"

@@ -3,11 +3,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING, Callable
 
 import click
 
 from .main import app_from_context, broker_url, handle_error
 from ..domain.errors import ReactorError
+
+if TYPE_CHECKING:
+    from ..app import App
+    from ..broker.base import ConnectionFactory
+    from ..broker.transport import Topology
+    from ..engine.runner import Runner
 
 # Expected failures become one error line; anything else is a bug and keeps its traceback.
 _EXPECTED = (ReactorError, ValueError, OSError)
@@ -101,7 +108,7 @@ def consume(health_file: str | None, health_interval: float, grace: float,
     sys.exit(code)
 
 
-def _runner(app):
+def _runner(app: "App") -> "Runner":
     """Where the pipeline runs: in a child process (``pipeline_process``) or in this one."""
     from ..app import ChildPipeline
     from ..engine.pipeline_process import ChildProcessRunner
@@ -114,11 +121,13 @@ def _runner(app):
     return InProcessRunner(app.pipeline())
 
 
-def _connection_factory(url: str, topology):
+def _connection_factory(url: str, topology: "Topology") -> "ConnectionFactory":
     """The consumer's connection: the RabbitMQ transport on ``url``."""
+    from ..broker.base import Delivery
     from ..broker.transport import ConsumerTransport
 
-    def connect(queues: list[str], prefetch: int, on_delivery):
+    def connect(queues: list[str], prefetch: int,
+                on_delivery: Callable[[Delivery], None]) -> ConsumerTransport:
         return ConsumerTransport(url, topology, queues, prefetch, on_delivery)
     return connect
 

@@ -35,6 +35,7 @@ class EventResult:
 
     @property
     def duplicate(self) -> bool:
+        """True when the event had been applied before (nothing changed now)."""
         return not self.applied
 
 
@@ -50,6 +51,7 @@ class Change:
 
     @property
     def event(self) -> str:
+        """The event the change records."""
         return self.entry["name"]
 
 

@@ -22,6 +22,7 @@ from reactor.domain import lifecycle
 from reactor.app import App
 from reactor.domain.identifiers import pipeline_uuid
 from reactor.broker.publisher import OutgoingMessage, publish
+from reactor.broker.consumer_transport import ConsumerTransport
 from reactor.broker.topology import Topology
 
 SECRET = "queue-test-secret-" + "y" * 20  # test-only secret, never a deployment value
@@ -134,6 +135,14 @@ class QueueSetup:
             pass
         if self._app is not None:
             self._app.close()
+
+
+def connection_factory(url: str, topology: Topology):
+    """What an in-process ``Consumer`` connects with: the RabbitMQ transport, as ``reactor
+    consume`` builds it."""
+    def connect(queues: list[str], prefetch: int, on_delivery) -> ConsumerTransport:
+        return ConsumerTransport(url, topology, queues, prefetch, on_delivery)
+    return connect
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 60) -> int:

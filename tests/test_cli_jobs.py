@@ -98,16 +98,16 @@ def test_jobs_create_refuses_bad_input_in_one_line(cli, args, words):
 
 def test_jobs_list_show_and_history(cli):
     from reactor.app import App
-    from reactor.engine.pipeline import Pipeline
+    from reactor.engine.pipeline import Item
 
     uuid, token = create(cli)
     other, _ = create(cli, '{"sample": "B"}')
     app = App.from_env()
-    pipeline = Pipeline.from_app(app)
+    pipeline = app.pipeline()
     for name in ("run", "finish"):
         body = json.dumps({"uuid": uuid, "name": name, "token": token,
                            "data": {"step": name}}).encode()
-        assert pipeline.process(body).label == "applied"
+        assert pipeline.process([Item(body)])[0].label == "applied"
     app.close()
 
     table = cli("jobs", "list").stdout.splitlines()

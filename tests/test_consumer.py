@@ -12,17 +12,18 @@ from pathlib import Path
 import pika
 import pytest
 
-from queue_helpers import (QueueSetup, Workload, count_lines, drain, event, make_jobs,
-                           queue_depth, stop, total_depth, wait_until)
-from reactor.consume.consumer import (ACK_HOLD_S, ATTEMPTS, DEAD_LETTER, DETAIL, EXCHANGE, FIRST_SEEN,
-                              MESSAGE_ID, OUTCOME, REASON, RETRY_LATER, ROUTING_KEY, Action,
-                              Consumer, Limits, attempt_number, decide, forwarded_properties)
+from queue_helpers import (QueueSetup, Workload, connection_factory, count_lines, drain, event,
+                           make_jobs, queue_depth, stop, total_depth, wait_until)
+from reactor.consume.consumer import Consumer
+from reactor.consume.settle import ACK_HOLD_S, Limits
+from reactor.contract.headers import (ATTEMPTS, DETAIL, EXCHANGE, FIRST_SEEN, MESSAGE_ID, OUTCOME,
+                                      REASON, ROUTING_KEY)
 from reactor.domain.errors import ConfigError
 from reactor.domain.identifiers import typed_uuid
-from reactor.domain.outcomes import APPLIED, DUPLICATE, REJECTED, RETRY, Outcome
+from reactor.engine.jobs import Jobs
 from reactor.engine.pipeline import Pipeline
+from reactor.engine.runner import InProcessRunner
 from reactor.broker.publisher import OutgoingMessage, message_id, publish
-from reactor.broker.base import Delivery
 from reactor.broker.topology import Topology
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.mongo]
@@ -148,25 +149,28 @@ def test_out_of_order_arrival_applied_after_delayed_retry(setup):
     assert total_depth(setup.amqp_url, setup.queue_names()) == 0
 
 
-class PoisonPipeline:
-    """The real pipeline, except that a body containing "poison" makes it raise (on the
-    one-by-one path and on the group-commit path alike)."""
+class PoisonJobs:
+    """The real job operations, except that event data containing "poison" makes applying or
+    planning it raise (a bug, on a message's own and in a group commit alike)."""
 
-    def __init__(self, pipeline: Pipeline):
-        self.pipeline = pipeline
+    def __init__(self, jobs: Jobs):
+        self.jobs = jobs
 
-    def __getattr__(self, name):  # what group commit uses besides: jobs, apply, finish
-        return getattr(self.pipeline, name)
+    def __getattr__(self, name):
+        return getattr(self.jobs, name)
 
-    def process(self, body, message_id=None, params=None):
-        if b"poison" in body:
+    def apply(self, uuid, event, data=None, *args, **kwargs):
+        self._check(data)
+        return self.jobs.apply(uuid, event, data, *args, **kwargs)
+
+    def plan(self, uuid, event, data, *args, **kwargs):
+        self._check(data)
+        return self.jobs.plan(uuid, event, data, *args, **kwargs)
+
+    @staticmethod
+    def _check(data) -> None:
+        if "poison" in json.dumps(data):
             raise RuntimeError("simulated bug while processing")
-        return self.pipeline.process(body, message_id, params)
-
-    def prepare(self, body, message_id=None, params=None):
-        if b"poison" in body:
-            raise RuntimeError("simulated bug while processing")
-        return self.pipeline.prepare(body, message_id, params)
 
 
 @pytest.mark.parametrize("batch_size", [1, 50], ids=["one-by-one", "group-commit"])
@@ -174,9 +178,10 @@ def test_poison_message_is_dead_lettered_after_attempt_cap_and_consumer_keeps_ru
         setup, batch_size):
     (uuid, token), = make_jobs(setup.app, 1, "poison")
     app = setup.app
-    consumer = Consumer(PoisonPipeline(Pipeline.from_app(app)), app.store.ping, setup.amqp_url,
-                        setup.topology, 10, Limits(max_attempts=3, transition_retries=0),
-                        batch_size=batch_size)
+    pipeline = Pipeline(PoisonJobs(app.jobs), app.settings.max_message_bytes)
+    consumer = Consumer(InProcessRunner(pipeline), app.store.ping,
+                        connection_factory(setup.amqp_url, setup.topology), setup.topology, 10,
+                        Limits(max_attempts=3, transition_retries=0), batch_size=batch_size)
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("code", consumer.run(False)))
     thread.start()
@@ -202,24 +207,24 @@ def test_poison_message_is_dead_lettered_after_attempt_cap_and_consumer_keeps_ru
     assert total_depth(setup.amqp_url, setup.queue_names()) == 0
 
 
-class SlowPipeline(PoisonPipeline):
-    """The real pipeline, taking ``seconds`` longer than a heartbeat interval per message."""
+class SlowPipeline:
+    """The real pipeline, taking ``seconds`` longer per message."""
 
     def __init__(self, pipeline: Pipeline, seconds: float):
-        super().__init__(pipeline)
+        self.pipeline = pipeline
         self.seconds = seconds
 
-    def process(self, body, message_id=None, params=None):
-        time.sleep(self.seconds)
-        return self.pipeline.process(body, message_id, params)
+    def process(self, items, hold=None):
+        time.sleep(self.seconds * len(items))
+        return self.pipeline.process(items, hold)
 
 
 def test_slow_processing_does_not_starve_heartbeats(setup):
     (uuid, token), = make_jobs(setup.app, 1, "slow")
     url = setup.amqp_url + ("&" if "?" in setup.amqp_url else "?") + "heartbeat=1"
     app = setup.app
-    consumer = Consumer(SlowPipeline(Pipeline.from_app(app), 4.0), app.store.ping, url,
-                        setup.topology, 10, Limits())
+    consumer = Consumer(InProcessRunner(SlowPipeline(app.pipeline(), 4.0)), app.store.ping,
+                        connection_factory(url, setup.topology), setup.topology, 10, Limits())
     thread = threading.Thread(target=consumer.run, args=(False,))
     thread.start()
     try:
@@ -232,7 +237,7 @@ def test_slow_processing_does_not_starve_heartbeats(setup):
         thread.join(60)
     # 8 s of processing with a 1 s heartbeat: the broker would have dropped a connection whose
     # heartbeats stalled; one channel for the whole run means it never did.
-    assert consumer.transport.generation == 1
+    assert consumer.connection.generation == 1
     assert total_depth(setup.amqp_url, setup.queue_names()) == 0
 
 
@@ -245,9 +250,10 @@ def test_acks_are_not_held_behind_slow_commits(setup):
     _publish_bodies(setup, {"run": event(uuid, "run", token),
                             **{f"u{n}": event(uuid, "update", token, {"n": n})
                                for n in range(5)}})
-    consumer = Consumer(SlowPipeline(Pipeline.from_app(app), 0.3), app.store.ping,
-                        setup.amqp_url, setup.topology, 40, Limits())
-    assert consumer.ack_every == 10 and 0.3 > ACK_HOLD_S
+    consumer = Consumer(InProcessRunner(SlowPipeline(app.pipeline(), 0.3)), app.store.ping,
+                        connection_factory(setup.amqp_url, setup.topology), setup.topology, 40,
+                        Limits())
+    assert consumer.pace.ack_every == 10 and 0.3 > ACK_HOLD_S
     thread = threading.Thread(target=consumer.run, args=(False,))
     thread.start()
     try:
@@ -313,57 +319,6 @@ def test_consume_without_broker_url_is_an_error(setup):
     out = subprocess.run([sys.executable, "-m", "reactor.cli.main", "consume"], env=env,
                          cwd=setup.workdir, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "REACTOR_BROKER_URL" in out.stderr, out.stderr
-
-
-# --------------------------------------------------------------------------------- decisions
-def _delivery(headers=None, body=b"{}", **props) -> Delivery:
-    return Delivery(body, 1, 1, "q", "x", "107-key", False,
-                    {"headers": dict(headers or {}), "message_id": "m1", **props})
-
-
-def test_attempt_number_counts_header_and_quorum_redeliveries_and_ignores_garbage():
-    assert attempt_number(_delivery()) == 1
-    assert attempt_number(_delivery({ATTEMPTS: 2})) == 3
-    assert attempt_number(_delivery({ATTEMPTS: 2, "x-delivery-count": 1})) == 4
-    for junk in ("7", -5, True, 2.5, None, [1]):
-        assert attempt_number(_delivery({ATTEMPTS: junk})) == 1, junk
-
-
-@pytest.mark.parametrize("outcome, attempt, want", [
-    (Outcome(APPLIED), 1, Action("ack")),
-    (Outcome(DUPLICATE), 9, Action("ack")),
-    (Outcome(REJECTED, "auth_failed", "d"), 1, Action(DEAD_LETTER, "auth_failed", "d")),
-    (Outcome(REJECTED, "invalid_transition", "d"), 3, Action(RETRY_LATER, "invalid_transition",
-                                                             "d")),
-    (Outcome(REJECTED, "invalid_transition", "d"), 4, Action(DEAD_LETTER, "invalid_transition",
-                                                             "d")),
-    (Outcome(RETRY, "internal_error", "d"), 4, Action(RETRY_LATER, "internal_error", "d")),
-])
-def test_decide(outcome, attempt, want):
-    assert decide(outcome, attempt, Limits(max_attempts=5, transition_retries=3)) == want
-
-
-def test_decide_dead_letters_retries_exhausted_at_max_attempts():
-    action = decide(Outcome(RETRY, "store_unavailable", "down"), 5, Limits(max_attempts=5))
-    assert action.kind == DEAD_LETTER and action.reason == "retries_exhausted"
-    assert "5 attempts" in action.detail and "retry:store_unavailable" in action.detail
-
-
-def test_forwarded_copy_masks_tokens_and_keeps_origin():
-    token = "ab12" + "c" * 28
-    d = _delivery({"token": token, "X-Auth-Token": token, "keep": "yes", "x-delivery-count": 2},
-                  body=json.dumps({"token": token}).encode())
-    props = forwarded_properties(d, Action(DEAD_LETTER, "auth_failed", f'token "{token}" bad'),
-                                 2, "rejected:auth_failed", now="2026-01-01T00:00:00.000Z")
-    h = props["headers"]
-    assert token not in json.dumps(props)
-    assert h["keep"] == "yes" and h[REASON] == "auth_failed" and h[ATTEMPTS] == 2
-    assert h[ROUTING_KEY] == "107-key" and h[MESSAGE_ID] == "m1" and props["message_id"] == "m1"
-    assert "x-delivery-count" not in h, "the broker's own redelivery count must not be copied"
-    again = forwarded_properties(Delivery(b"{}", 2, 1, "q", "", "q", False, props),
-                                 Action(RETRY_LATER, "timeout"), 3, "retry:timeout")
-    assert again["headers"][ROUTING_KEY] == "107-key", "the first routing key is kept"
-    assert again["headers"][FIRST_SEEN] == "2026-01-01T00:00:00.000Z"
 
 
 def test_topology_layouts_and_validation():

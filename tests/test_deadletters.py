@@ -11,7 +11,7 @@ import pika
 import pytest
 
 from queue_helpers import QueueSetup, make_jobs, queue_depth, stop, wait_until
-from reactor.consume.consumer import ATTEMPTS, REASON
+from reactor.contract.headers import ATTEMPTS, REASON
 from reactor.ops.deadletters import REDRIVEN
 from reactor.domain.identifiers import job_uuid, pipeline_uuid
 from reactor.broker.publisher import OutgoingMessage, publish

@@ -258,15 +258,15 @@ def test_asyncapi_document_is_asyncapi_3_with_every_schema_verbatim():
 
 
 def test_asyncapi_dead_letter_headers_are_the_ones_the_consumer_writes():
-    from reactor.consume import consumer
-    from reactor.domain.outcomes import REJECT_REASONS
+    from reactor.contract import headers as consumer
+    from reactor.domain.outcomes import REJECT_REASONS, Reason
 
     doc = yaml.safe_load((DOCS / "asyncapi.yaml").read_text())
     headers = doc["components"]["messages"]["deadLetter"]["headers"]["properties"]
     for name in (consumer.REASON, consumer.DETAIL, consumer.ATTEMPTS, consumer.FIRST_SEEN,
                  consumer.ROUTING_KEY, consumer.MESSAGE_ID):
         assert name in headers, name
-    assert set(REJECT_REASONS) | {consumer.RETRIES_EXHAUSTED} == \
+    assert set(REJECT_REASONS) | {Reason.RETRIES_EXHAUSTED} == \
         set(headers[consumer.REASON]["enum"])
 
 

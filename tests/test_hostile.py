@@ -180,15 +180,15 @@ def test_token_never_leaks_into_dead_letter_details(world, case):
     """Class 1: the dead letter of a message with a misplaced token (its headers: reason,
     detail, …; and the operator's view of it, ``reactor deadletters list/show``) never shows
     the token."""
-    from reactor.consume.consumer import Limits, decide, forwarded_properties
+    from reactor.consume.settle import Limits, decide, forwarded_properties
     from reactor.ops.deadletters import from_queued
-    from reactor.engine.pipeline import Pipeline
+    from reactor.engine.pipeline import Item
     from reactor.broker.base import Delivery
     from reactor.broker.browse import QueuedMessage
 
     msg, _ = case
     body = msg.encode("utf-8", "surrogatepass")
-    outcome = Pipeline.from_app(world.app).process(body, "dl-1")
+    [outcome] = world.app.pipeline().process([Item(body, "dl-1")])
     assert outcome.kind == "rejected", outcome
     delivery = Delivery(body, 1, 1, "reactor.events", "reactor", JOBS[0], False,
                         {"message_id": "dl-1", "headers": {}})
@@ -210,16 +210,16 @@ def test_token_never_leaks_into_dead_letter_routing_key_or_message_id(world, slo
     of its uuid slot as the routing key (or put a token in the AMQP message id) gets a dead
     letter whose reactor headers and operator view (``reactor deadletters list/show``) do not
     show that token."""
-    from reactor.consume.consumer import Limits, decide, forwarded_properties
+    from reactor.consume.settle import Limits, decide, forwarded_properties
     from reactor.ops.deadletters import from_queued
-    from reactor.engine.pipeline import Pipeline
+    from reactor.engine.pipeline import Item
     from reactor.broker.base import Delivery
     from reactor.broker.browse import QueuedMessage
 
     body = event_body(TOKENS[0], "run", JOBS[0]).encode()
     message_id = TOKENS[1] if slot == "message_id" else "dl-2"
     routing_key = TOKENS[0] if slot == "routing_key" else JOBS[0]
-    outcome = Pipeline.from_app(world.app).process(body, message_id)
+    [outcome] = world.app.pipeline().process([Item(body, message_id)])
     assert outcome.kind == "rejected", outcome
     delivery = Delivery(body, 1, 1, "reactor.events", "reactor", routing_key, False,
                         {"message_id": message_id, "headers": {}})
@@ -1567,7 +1567,7 @@ def test_serve_and_invoke_agree_on_callbacks_at_the_depth_limit(served, world):
     queued message is one the consumer applies; the deepest accepted RUNNING callback is
     accepted (not a 500) and one level beyond the limit is refused."""
     from reactor.domain.jsonvalues import MESSAGE_MAX_DEPTH
-    from reactor.engine.pipeline import Pipeline
+    from reactor.engine.pipeline import Item
 
     limit = MESSAGE_MAX_DEPTH
 
@@ -1603,7 +1603,7 @@ def test_serve_and_invoke_agree_on_callbacks_at_the_depth_limit(served, world):
             assert_invoke_applied(res)
             queued = _drain(served)
             assert len(queued) == 1, what
-            outcome = Pipeline.from_app(app).process(queued[0], r.json()["message_id"])
+            [outcome] = app.pipeline().process([Item(queued[0], r.json()["message_id"])])
             assert outcome.label == "applied", f"{what}: serve queued a message the consumer " \
                                                f"refuses: {outcome}"
             if status == "RUNNING":

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from reactor.obs.logs import (FIELDS_ATTR, MaskTokens, choose_format, make_handler,
                               outcome_fields, setup_logging)
 from reactor.obs.metrics import Metrics
-from reactor.domain.outcomes import APPLIED, DUPLICATE, REJECTED, RETRY, Outcome
+from reactor.domain.outcomes import Kind, Outcome
 
 TOKEN = "0123456789abcdef0123456789abcdef"  # shaped like a job token; used only here
 
@@ -44,8 +44,9 @@ def test_metrics_count_outcomes_in_a_private_registry_and_scrape_over_http():
             in before
         assert value(before, "reactor_messages_total", outcome="applied", reason="") == 0
 
-        workload = [Outcome(APPLIED)] * 3 + [Outcome(DUPLICATE)] + \
-            [Outcome(REJECTED, "auth_failed")] * 2 + [Outcome(RETRY, "store_unavailable")]
+        workload = [Outcome(Kind.APPLIED)] * 3 + [Outcome(Kind.DUPLICATE)] + \
+            [Outcome(Kind.REJECTED, "auth_failed")] * 2 + \
+            [Outcome(Kind.RETRY, "store_unavailable")]
         for n, outcome in enumerate(workload):
             with a.in_progress():
                 a.observe(outcome, 0.002 * (n + 1))
@@ -192,12 +193,12 @@ def test_console_lines_are_readable_and_masked():
 def test_outcome_fields_make_one_structured_line_per_message():
     # As the consumer logs a processed message: "<label>: <detail>" plus outcome_fields.
     logger, stream = _logger("outcome", "json")
-    applied = Outcome(APPLIED, None, "job 107x: run moved CREATED → RUNNING", "107x", "run",
+    applied = Outcome(Kind.APPLIED, None, "job 107x: run moved CREATED → RUNNING", "107x", "run",
                       "RUNNING")
     logger.info("%s: %s (message id %s)", applied.label, applied.detail, "m-1",
                 extra={FIELDS_ATTR: outcome_fields(applied, message_id="m-1", attempt=1,
                                                    latency_s=0.0123, action="ack")})
-    refused = Outcome(REJECTED, "auth_failed", f"token={TOKEN} refused", "107x", "run")
+    refused = Outcome(Kind.REJECTED, "auth_failed", f"token={TOKEN} refused", "107x", "run")
     logger.warning("%s: %s (message id %s)", refused.label, refused.detail, "m-2",
                    extra={FIELDS_ATTR: outcome_fields(refused, message_id="m-2", attempt=2,
                                                       latency_s=0.5, action="dead_letter")})

@@ -1,10 +1,12 @@
-"""The pipeline against both real store backends: every outcome, and what it does to records."""
+"""The pipeline against both real store backends: every outcome, and what it does to records
+(hostile input at the contract: test_pipeline_contract.py)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from pipeline_helpers import event, new_job, send
 from reactor.contract import schemas
 from reactor.engine.jobs import Jobs
 from reactor.domain.outcomes import REJECT_REASONS
@@ -16,21 +18,6 @@ UNKNOWN_JOB = "107ffff0-0000-5000-8000-000000000000"
 @pytest.fixture
 def pipeline(jobs):
     return Pipeline(jobs)
-
-
-def new_job(jobs, **data):
-    record, created = jobs.create(jobs.pipeline_uuid, data=data or {"n": 1})
-    assert created
-    return record["uuid"], jobs.authority.job_token(record["uuid"])
-
-
-def send(pipeline, message, params=None, message_id=None):
-    body = message if isinstance(message, bytes) else json.dumps(message).encode()
-    return pipeline.process(body, message_id, params)
-
-
-def event(uuid, name, token, **extra):
-    return {"uuid": uuid, "name": name, "token": token, **extra}
 
 
 def test_an_event_is_applied_and_recorded(jobs, pipeline):
@@ -249,16 +236,16 @@ def test_other_callbacks_keep_status_and_job_id(jobs, pipeline):
 
 def test_a_status_parameter_with_an_empty_body_is_a_callback(jobs, pipeline):
     uuid, token = new_job(jobs)
-    outcome = pipeline.process(b"", None, {"uuid": uuid, "token": token, "status": "finished"})
+    outcome = send(pipeline, b"", {"uuid": uuid, "token": token, "status": "finished"})
     assert outcome.label == "rejected:invalid_transition"  # FINISHED → finish, from CREATED
-    outcome = pipeline.process(b"", None, {"uuid": uuid, "token": token, "status": "RUNNING"})
+    outcome = send(pipeline, b"", {"uuid": uuid, "token": token, "status": "RUNNING"})
     assert (outcome.label, outcome.state) == ("applied", "RUNNING")
 
 
 def test_a_parameter_only_event_records_its_note(jobs, pipeline):
     uuid, token = new_job(jobs)
-    outcome = pipeline.process(b"", None, {"uuid": uuid, "event": "Update", "token": token,
-                                           "note": "inputs checked"})
+    outcome = send(pipeline, b"", {"uuid": uuid, "event": "Update", "token": token,
+                                   "note": "inputs checked"})
     assert (outcome.label, outcome.event) == ("applied", "update")
     assert jobs.get(uuid)["history"][-1]["data"] == {"note": "inputs checked"}
 
@@ -329,7 +316,7 @@ def test_a_store_that_stays_locked_is_a_retry_and_changes_nothing(tmp_path, auth
     (b"{\"a\": 1, \"a\": 2}", "decode_error", "duplicate key"),
 ])
 def test_bodies_that_are_not_messages(pipeline, body, reason, where):
-    outcome = pipeline.process(body)
+    outcome = send(pipeline, body)
     assert (outcome.kind, outcome.reason) == ("rejected", reason)
     assert where in outcome.detail
 
@@ -337,94 +324,7 @@ def test_bodies_that_are_not_messages(pipeline, body, reason, where):
 def test_the_size_limit_is_configurable(jobs):
     uuid, token = new_job(jobs)
     body = json.dumps(event(uuid, "run", token)).encode()
-    assert Pipeline(jobs, max_bytes=len(body)).process(body).label == "applied"
-    assert Pipeline(jobs, max_bytes=len(body) - 1).process(body).label == "rejected:too_large"
+    assert send(Pipeline(jobs, max_bytes=len(body)), body).label == "applied"
+    assert send(Pipeline(jobs, max_bytes=len(body) - 1), body).label == "rejected:too_large"
     with pytest.raises(ValueError, match="max_bytes"):
         Pipeline(jobs, max_bytes=0)
-
-
-# --- hostile input at the contract (each refused, the record unchanged) --------------------
-
-def _unchanged(jobs, uuid, before):
-    assert jobs.get(uuid) == before
-
-
-def test_a_create_message_for_an_existing_job_is_an_invalid_transition(jobs, pipeline):
-    """create is recorded once, by creating the job: as message it never adds a second entry."""
-    uuid, token = new_job(jobs)
-    before = jobs.get(uuid)
-    outcome = send(pipeline, event(uuid, "create", token))
-    assert outcome.label == "rejected:invalid_transition"
-    assert "recorded once" in outcome.detail
-    _unchanged(jobs, uuid, before)
-
-
-@pytest.mark.parametrize("name", [" run", "run ", "run\n", "run\u00a0", "\u2003run", "ｒｕｎ"])
-def test_white_space_or_unicode_around_an_event_name_is_unknown(jobs, pipeline, name):
-    """Names match ignoring ASCII case only; nothing is stripped or folded silently."""
-    uuid, token = new_job(jobs)
-    before = jobs.get(uuid)
-    assert send(pipeline, event(uuid, name, token)).label == "rejected:unknown_event"
-    assert send(pipeline, b"", {"uuid": uuid, "event": name, "token": token}).label == \
-        "rejected:unknown_event"
-    _unchanged(jobs, uuid, before)
-    assert send(pipeline, event(uuid, "RuN", token)).label == "applied"
-
-
-@pytest.mark.parametrize("status", ["FINISHED\n", "\nFINISHED", "FINISHED ", "RUNNING\r\n"])
-def test_a_status_with_white_space_is_schema_invalid_as_body_or_parameter(jobs, pipeline,
-                                                                          status):
-    uuid, token = new_job(jobs)
-    before = jobs.get(uuid)
-    for outcome in (send(pipeline, {"status": status}, {"uuid": uuid, "token": token}),
-                    send(pipeline, b"{}", {"uuid": uuid, "token": token, "status": status})):
-        assert outcome.label == "rejected:schema_invalid"
-    _unchanged(jobs, uuid, before)
-
-
-@pytest.mark.parametrize("name", ["uuid", "token", "event", "status", "note"])
-def test_parameters_that_are_not_utf8_are_a_decode_error_not_a_bug(jobs, pipeline, name):
-    """Environment bytes that are not UTF-8 reach Python as lone surrogates (surrogateescape)."""
-    uuid, token = new_job(jobs)
-    before = jobs.get(uuid)
-    params = {"uuid": uuid, "token": token, "event": "update", name: "bad\udcff"}
-    outcome = send(pipeline, b"", params)
-    assert outcome.label == "rejected:decode_error"
-    assert repr(name) in outcome.detail
-    assert send(pipeline, b"", {**params, name: b"bad\xff"}).label == "rejected:decode_error"
-    _unchanged(jobs, uuid, before)
-
-
-def _nested(depth: int) -> dict:
-    """A RUNNING job JSON nested ``depth`` levels deep (the body itself is level 1)."""
-    body = inner = {"status": "RUNNING"}
-    for _ in range(depth - 1):
-        inner["x"] = {}
-        inner = inner["x"]
-    return body
-
-
-def test_a_running_callback_must_fit_as_event_data(jobs, pipeline):
-    """Its body becomes the event's data one level deeper: it must be valid there too, so a
-    callback accepted here (or by ``reactor invoke``) is never refused once queued."""
-    from reactor.domain.jsonvalues import MESSAGE_MAX_DEPTH as MAX_DEPTH
-
-    uuid, token = new_job(jobs)
-    params = {"uuid": uuid, "token": token}
-    refused = send(pipeline, _nested(MAX_DEPTH), params)
-    assert refused.label == "rejected:decode_error" and "63 levels" in refused.detail
-    accepted = send(pipeline, _nested(MAX_DEPTH - 1), params)
-    assert accepted.label == "applied"
-    data = jobs.get(uuid)["history"][-1]["data"]
-    assert send(pipeline, {"uuid": uuid, "name": "update", "token": token,
-                           "data": data}).label == "applied"
-
-
-def test_a_token_in_the_uuid_slot_is_never_echoed(jobs, pipeline):
-    uuid, token = new_job(jobs)
-    for outcome in (send(pipeline, {"uuid": token, "name": "update", "token": uuid}),
-                    send(pipeline, {"status": "RUNNING"}, {"uuid": token, "token": uuid}),
-                    send(pipeline, b"", {"uuid": token, "event": "run", "token": uuid}),
-                    send(pipeline, {"uuid": uuid, "name": token, "token": token})):
-        assert outcome.kind == "rejected"
-        assert token not in outcome.to_json()

@@ -1,9 +1,10 @@
-"""The pipeline in a child process (``reactor.engine.pipeline_process``): its request protocol, the
-order it keeps when a message is left undecided, and the child's life (start, stop, orphaned)."""
+"""Where the pipeline runs (``reactor.engine.runner``, ``reactor.engine.pipeline_process``): the
+child's request protocol, the order both runners keep when a message is left undecided, and
+the child's life (start, stop, orphaned)."""
 from __future__ import annotations
 
-import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -12,11 +13,13 @@ import time
 import pytest
 
 from queue_helpers import SECRET, event, make_jobs
-from reactor.app import App
-from reactor.engine.batching import GroupCommit
-from reactor.domain.errors import PipelineProcessGone, StoreUnavailable
-from reactor.domain.outcomes import RETRY, Outcome
-from reactor.engine.pipeline_process import PipelineProcess, _Child
+from reactor.app import App, ChildPipeline
+from reactor.contract.messages import duplicate_key
+from reactor.domain.errors import (InvalidTransition, PipelineProcessGone, PipelineProcessRaised,
+                                   StoreUnavailable)
+from reactor.engine.pipeline import Item, Pipeline
+from reactor.engine.pipeline_process import Child, ChildProcessRunner
+from reactor.engine.runner import InProcessRunner
 
 
 @pytest.fixture
@@ -34,140 +37,153 @@ def _labels(outcomes) -> list[str | None]:
     return [o.label if o is not None else None for o in outcomes]
 
 
-class Failing:
-    """A pipeline that fails on one message id: preparing it raises (a bug), or the store
-    fails for it (its commit raises StoreUnavailable, applying it alone gives a retry)."""
-
-    def __init__(self, pipeline, message_id: str, how: str):
-        self._pipeline, self.how = pipeline, how
-        self.key = pipeline.prepare(b"{}", message_id).key  # the message id's duplicate key
-        self.jobs = FailingJobs(pipeline.jobs, self.key) if how == "retry" else pipeline.jobs
-
-    def __getattr__(self, name):
-        return getattr(self._pipeline, name)
-
-    def prepare(self, body, message_id=None, params=None):
-        prepared = self._pipeline.prepare(body, message_id, params)
-        if self.how == "raises" and prepared.key == self.key:
-            raise RuntimeError("a bug in the pipeline")
-        return prepared
-
-    def apply(self, message, key):
-        if self.how == "retry" and key == self.key:
-            return Outcome(RETRY, "store_unavailable", "the store does not answer")
-        return self._pipeline.apply(message, key)
-
-    def process(self, body, message_id=None, params=None):
-        prepared = self.prepare(body, message_id, params)
-        if self.how == "retry" and prepared.key == self.key:
-            return self.apply(prepared.message, prepared.key)
-        return self._pipeline.process(body, message_id, params)
+def _wire(*messages: tuple[bytes, str]) -> list[tuple]:
+    """A ``process`` request's payload."""
+    return [(body, message_id, None) for body, message_id in messages]
 
 
 class FailingJobs:
-    """Jobs whose store fails to commit the change carrying one duplicate key."""
+    """Jobs that fail on the message carrying one duplicate key: its store does not answer
+    (``retry``), or applying it raises (``raises``, a bug) after its plan looked stale."""
 
-    def __init__(self, jobs, key: str):
-        self._jobs, self.key = jobs, key
+    def __init__(self, jobs, message_id: str, how: str):
+        self._jobs, self.how = jobs, how
+        self.key = duplicate_key(b"{}", message_id, None)  # the message id's duplicate key
 
     def __getattr__(self, name):
         return getattr(self._jobs, name)
 
+    def plan(self, uuid, event, data, token, key, *args, **kwargs):
+        if self.how == "raises" and key == self.key:
+            raise InvalidTransition("looks invalid from a remembered state")
+        return self._jobs.plan(uuid, event, data, token, key, *args, **kwargs)
+
     def commit(self, change):
-        if change.entry.get("key") == self.key:
+        if self.how == "retry" and change.entry.get("key") == self.key:
             raise StoreUnavailable("the store does not answer")
         return self._jobs.commit(change)
 
+    def apply(self, uuid, event, data=None, token=None, key=None, **kwargs):
+        if key == self.key:
+            if self.how == "retry":
+                raise StoreUnavailable("the store does not answer")
+            raise RuntimeError("a bug in the pipeline")
+        return self._jobs.apply(uuid, event, data, token=token, key=key, **kwargs)
 
-def _failing_child(app: App, message_id: str, how: str) -> _Child:
-    child = _Child(app.settings, group_commit=False)
-    child.pipeline = Failing(child.pipeline, message_id, how)
-    child.separate = GroupCommit(child.pipeline, separate_commits=True)
-    return child
+
+class ChildSide:
+    """A runner's surface over the child's request handling, in this process."""
+
+    def __init__(self, child: Child):
+        self.child = child
+
+    def process(self, items: list[Item]):
+        status, value = self.child.handle("process", [(i.body, i.message_id, i.params)
+                                                      for i in items])
+        if status == "error":
+            raise RuntimeError(value)
+        return value
+
+    def release(self) -> None:
+        assert self.child.handle("release", None) is None
+
+
+def _child(pipeline: Pipeline) -> Child:
+    """The child's side in this process, over ``pipeline`` (its logging left as it is)."""
+    return Child(lambda: (pipeline, lambda: None))
+
+
+def _runner(kind: str, jobs) -> ChildSide | InProcessRunner:
+    pipeline = Pipeline(jobs, separate_commits=True)
+    return InProcessRunner(pipeline) if kind == "in-process" else ChildSide(_child(pipeline))
+
+
+RUNNERS = pytest.mark.parametrize("kind", ["in-process", "child"])
 
 
 def test_child_applies_a_list_in_order_with_one_outcome_each(app):
     (a, ta), (b, _tb) = make_jobs(app, 2, "child")
-    child = _Child(app.settings, group_commit=False)
-    try:
-        outcomes = child.handle("events", [(event(a, "run", ta), "m1"),
-                                           (event(a, "run", ta), "m1"),
-                                           (event(b, "run", "0" * 32), "m2"),
-                                           (event(a, "update", ta, {"n": 1}), "m3")])
-    finally:
-        child.app.close()
+    child = _child(app.pipeline(separate_commits=True))
+    status, outcomes = child.handle("process", _wire((event(a, "run", ta), "m1"),
+                                                     (event(a, "run", ta), "m1"),
+                                                     (event(b, "run", "0" * 32), "m2"),
+                                                     (event(a, "update", ta, {"n": 1}), "m3")))
+    assert status == "ok"
     assert _labels(outcomes) == ["applied", "duplicate", "rejected:auth_failed", "applied"]
     assert _history(app, a) == ["create", "run", "update"]
     assert _history(app, b) == ["create"]
 
 
+@RUNNERS
 @pytest.mark.parametrize("how", ["raises", "retry"])
-def test_an_undecided_message_halts_the_child_until_resumed(app, how):
-    (a, ta), (b, tb) = make_jobs(app, 2, "halt")
-    child = _failing_child(app, "bad", how)
-    try:
-        first = child.handle("events", [(event(a, "run", ta), "m1"), (event(b, "run", tb), "bad"),
-                                        (event(a, "update", ta), "m3")])
-        # Held back, untouched: applying it now would overtake the undecided message.
-        held = child.handle("events", [(event(a, "finish", ta), "m4")])
-        assert _history(app, a) == ["create", "run"]
-        one = child.handle("one", (event(b, "run", tb), "bad"))
-        assert child.handle("resume", None) is None
-        after = child.handle("events", [(event(a, "update", ta), "m3")])
-    finally:
-        child.app.close()
-    assert _labels(first) == ["applied", None, None]
-    assert held == [None]
+def test_an_undecided_message_holds_back_its_job_until_released(app, kind, how):
+    """What the list after an undecided message brings for its job waits (the consumer has not
+    decided that message yet); other jobs' messages go ahead."""
+    (a, ta), (b, tb), (c, tc) = make_jobs(app, 3, "hold")
+    runner = _runner(kind, FailingJobs(app.jobs, "bad", how))
+    first = runner.process([Item(event(a, "run", ta), "m1"), Item(event(b, "run", tb), "bad"),
+                            Item(event(b, "update", tb), "m3")])
+    # On its way behind the first list, before the consumer decided "bad" on its own.
+    held = runner.process([Item(event(b, "finish", tb), "m4"), Item(event(c, "run", tc), "m5")])
+    assert _history(app, b) == ["create"]
+    runner.release()
     if how == "raises":
-        assert one[0] == "error" and "RuntimeError: a bug in the pipeline" in one[1]
+        with pytest.raises(RuntimeError, match="a bug in the pipeline"):
+            runner.process([Item(event(b, "run", tb), "bad")])
     else:
-        assert one[0] == "ok" and one[1].label == "retry:store_unavailable"
-    assert _labels(after) == ["applied"]
-    assert _history(app, a) == ["create", "run", "update"]
+        [alone] = runner.process([Item(event(b, "run", tb), "bad")])
+        assert alone.label == "retry:store_unavailable"
+    runner.release()
+    after = runner.process([Item(event(b, "finish", tb), "m4")])
+    assert _labels(first)[0] == "applied" and _labels(first)[1:] == [None, None]
+    assert _labels(held) == [None, "applied"]
+    assert _labels(after) == ["rejected:invalid_transition"]  # b never ran
+    assert (_history(app, a), _history(app, b), _history(app, c)) == \
+        (["create", "run"], ["create"], ["create", "run"])
 
 
-def test_group_commit_answers_nothing_after_its_first_undecided_message(app):
-    (a, ta), (b, tb) = make_jobs(app, 2, "group")
-    child = _Child(app.settings, group_commit=True)
-    try:
-        applied = child.handle("batch", [(event(a, "run", ta), "g1"), (event(b, "run", tb), "g2")])
+def test_a_message_whose_job_is_unknown_holds_back_everything_after_it(app, monkeypatch):
+    """Parsing it raised (a bug): its job is unknown, so no later message may overtake it."""
+    from reactor.contract import messages
 
-        class Undecided:  # group commit that could not decide the middle one of three
-            def process(self, items):
-                return [Outcome("applied"), None, Outcome("applied")]
+    (a, ta), (b, tb) = make_jobs(app, 2, "unknown")
+    parse = messages.parse
 
-        child.group = Undecided()
-        cut = child.handle("batch", [(b"{}", "x1"), (b"{}", "x2"), (b"{}", "x3")])
-        held = child.handle("batch", [(event(a, "update", ta), "g3")])
-    finally:
-        child.app.close()
-    assert _labels(applied) == ["applied", "applied"]
-    assert cut[0] is not None and cut[1:] == [None, None]
-    assert held == [None]
-    assert _history(app, a) == ["create", "run"]
+    def buggy(body, *args):
+        if b"poison" in body:
+            raise RuntimeError("a bug while parsing")
+        return parse(body, *args)
+
+    monkeypatch.setattr(messages, "parse", buggy)
+    runner = InProcessRunner(Pipeline(app.jobs, separate_commits=True))
+    first = runner.process([Item(event(a, "run", ta), "m1"),
+                            Item(event(b, "run", tb, {"x": "poison"}), "bad"),
+                            Item(event(b, "update", tb), "m3"), Item(b"not json", "m4")])
+    held = runner.process([Item(event(a, "update", ta), "m5")])
+    runner.release()
+    assert _labels(first) == ["applied", None, None, None]
+    assert _labels(held) == [None]
+    assert _labels(runner.process([Item(event(a, "update", ta), "m5")])) == ["applied"]
 
 
 def test_an_orphaned_child_applies_nothing_more(app):
     (a, ta), = make_jobs(app, 1, "orphan")
-    child = _Child(app.settings, group_commit=False)
+    child = _child(app.pipeline(separate_commits=True))
     child.parent = -1  # as if the consumer that started it were gone
-    try:
-        with pytest.raises(SystemExit):
-            child.handle("events", [(event(a, "run", ta), "o1")])
-    finally:
-        child.app.close()
+    with pytest.raises(SystemExit):
+        child.handle("process", _wire((event(a, "run", ta), "o1")))
     assert _history(app, a) == ["create"]
 
 
 def test_lists_go_two_deep_and_the_child_exits_when_closed(app):
     (a, ta), (b, tb) = make_jobs(app, 2, "proc")
-    remote = PipelineProcess(app.settings, group_commit=False)
+    remote = ChildProcessRunner(ChildPipeline(app.settings, separate_commits=True))
     try:
-        remote.submit([(event(a, "run", ta), "p1"), (event(b, "run", tb), "p2")])
-        remote.submit([(event(a, "update", ta), "p3")])
-        assert remote.sent == 2
+        remote.submit([Item(event(a, "run", ta), "p1"), Item(event(b, "run", tb), "p2")])
+        remote.submit([Item(event(a, "update", ta), "p3")])
+        assert remote.sent == 2 and remote.depth == 2
         first, second = remote.collect(), remote.collect()
-        again = remote.process(event(a, "update", ta), "p3")
+        [again] = remote.process([Item(event(a, "update", ta), "p3")])
     finally:
         remote.close()
     assert _labels(first) == ["applied", "applied"] and _labels(second) == ["applied"]
@@ -176,23 +192,36 @@ def test_lists_go_two_deep_and_the_child_exits_when_closed(app):
     assert _history(app, a) == ["create", "run", "update"]
 
 
+def test_a_list_of_one_that_raises_in_the_child_raises_in_the_consumer(app):
+    (a, ta), = make_jobs(app, 1, "raised")
+    remote = ChildProcessRunner(ChildPipeline(app.settings, separate_commits=True))
+    try:
+        # Valid JSON of the wrong shape in the store: reading the job is a bug, not an outcome.
+        with sqlite3.connect(app.settings.store_uri[len("sqlite:///"):]) as conn:
+            conn.execute("UPDATE jobs SET body = '\"not a job record\"' WHERE uuid = ?", (a,))
+        with pytest.raises(PipelineProcessRaised, match="Traceback"):
+            remote.process([Item(event(a, "run", ta), "r1")])
+    finally:
+        remote.close()
+
+
 def test_a_child_that_cannot_start_is_a_clear_error(tmp_path):
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     bad = App.from_env({"REACTOR_STORE_URI": f"sqlite:///{blocker}/reactor.db",
                         "REACTOR_SECRET": SECRET})
     with pytest.raises(PipelineProcessGone, match="could not start: StoreError"):
-        PipelineProcess(bad.settings, group_commit=False)
+        ChildProcessRunner(ChildPipeline(bad.settings, separate_commits=True))
 
 
 def test_the_child_exits_when_the_consumer_is_killed(app, tmp_path):
     parent = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent("""
             import sys, time
-            from reactor.app import App
-            from reactor.engine.pipeline_process import PipelineProcess
+            from reactor.app import App, ChildPipeline
+            from reactor.engine.pipeline_process import ChildProcessRunner
             app = App.from_env({"REACTOR_STORE_URI": sys.argv[1], "REACTOR_SECRET": sys.argv[2]})
-            remote = PipelineProcess(app.settings, group_commit=False)
+            remote = ChildProcessRunner(ChildPipeline(app.settings, separate_commits=True))
             print(remote.pid, flush=True)
             time.sleep(600)
         """), app.settings.store_uri, SECRET], stdout=subprocess.PIPE, text=True)

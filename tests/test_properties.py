@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from reactor.domain.lifecycle import EVENT_NAMES
 from reactor.contract.messages import PARAM_NAMES
-from reactor.domain.outcomes import APPLIED, DUPLICATE, REJECTED, RETRY, Outcome
+from reactor.domain.outcomes import Kind, Outcome
+from reactor.engine.pipeline import Item
 from reactor.engine.pipeline import Pipeline
 
 SETTINGS = settings(max_examples=120, deadline=None,
@@ -45,7 +46,7 @@ def world(jobs):
 
 def check_one_outcome(outcome) -> None:
     assert isinstance(outcome, Outcome)
-    assert outcome.kind in (APPLIED, DUPLICATE, REJECTED, RETRY)
+    assert outcome.kind in tuple(Kind)
     json.loads(outcome.to_json())
 
 
@@ -57,9 +58,9 @@ def test_arbitrary_bytes_never_crash_and_never_change_a_job(world, body, params)
     if "uuid" in params and params["uuid"] == "":
         params["uuid"] = uuid  # aim some messages at the real job, with made-up tokens
     before = jobs.get(uuid)
-    outcome = world["pipeline"].process(body, None, params)
+    [outcome] = world["pipeline"].process([Item(body, None, params)])
     check_one_outcome(outcome)
-    assert outcome.kind == REJECTED
+    assert outcome.kind == Kind.REJECTED
     assert jobs.get(uuid) == before
 
 
@@ -97,15 +98,16 @@ def test_arbitrary_json_gives_one_outcome_and_changes_only_with_a_valid_token(wo
     message, params = data.draw(_messages(world))
     body = json.dumps(message).encode()
     before = jobs.store.get_job(uuid, include_hidden=True)
-    outcome = world["pipeline"].process(body, None, params)
+    [outcome] = world["pipeline"].process([Item(body, None, params)])
     check_one_outcome(outcome)
     event(outcome.label)
     after = jobs.store.get_job(uuid, include_hidden=True)
     if after == before:
-        assert outcome.kind != APPLIED or outcome.job_uuid != uuid or outcome.event == "delete"
+        assert outcome.kind != Kind.APPLIED or outcome.job_uuid != uuid or \
+            outcome.event == "delete"
     else:
         # Something changed: only an applied, authorised message for this job may do that.
-        assert (outcome.kind, outcome.job_uuid) == (APPLIED, uuid)
+        assert (outcome.kind, outcome.job_uuid) == (Kind.APPLIED, uuid)
         sent = message.get("token") if isinstance(message, dict) and "token" in message \
             else (params or {}).get("token")
         assert sent in (world["token"], world["admin"])
@@ -133,12 +135,12 @@ def test_operator_and_dotted_keys_are_stored_safely_and_read_back_equal(world, p
     jobs, uuid = world["jobs"], world["uuid"]
     body = json.dumps({"uuid": uuid, "name": "update", "token": world["token"],
                        "data": payload}).encode()
-    outcome = world["pipeline"].process(body, _uuid.uuid4().hex)
-    if outcome.kind == REJECTED:  # only what no store keeps identically is refused
+    [outcome] = world["pipeline"].process([Item(body, _uuid.uuid4().hex)])
+    if outcome.kind == Kind.REJECTED:  # only what no store keeps identically is refused
         assert outcome.reason == "schema_invalid"
         assert "64 bits" in outcome.detail or "NUL" in outcome.detail
         return
-    assert outcome.label == APPLIED, outcome.detail
+    assert outcome.label == Kind.APPLIED, outcome.detail
     record = jobs.get(uuid)
     assert record["state"] == "CREATED"  # no key of the data acted as an operator
     assert record["history"][-1]["data"] == payload

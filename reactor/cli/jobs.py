@@ -259,7 +259,6 @@ def invoke(ctx: click.Context) -> None:
     2 when the reactor is misconfigured.
     """
     from ..ingress import invoke as actor
-    from ..engine.pipeline import Pipeline
     from ..obs.logs import setup_logging
 
     debug = bool(ctx.find_root().params.get("debug"))
@@ -268,15 +267,14 @@ def invoke(ctx: click.Context) -> None:
         # Readable lines on stderr, tokens masked: stdout carries only the outcome line.
         setup_logging(app.settings.log_level, "console", sys.stderr)
         invocation = actor.from_environment()
-        outcome = actor.invoke(lambda: _pipeline_or_config_error(Pipeline, app), invocation,
-                               debug)
+        outcome = actor.invoke(lambda: _pipeline_or_config_error(app), invocation, debug)
     finally:
         app.close()
     actor.emit(outcome)
     ctx.exit(outcome.exit_code)
 
 
-def _pipeline_or_config_error(pipeline_cls, app):
+def _pipeline_or_config_error(app):
     # A configuration problem (say, no secret) is not an outcome of the message: exit 2.
     from ..domain.errors import ConfigError
 
@@ -284,7 +282,7 @@ def _pipeline_or_config_error(pipeline_cls, app):
         app.authority
     except ConfigError as exc:
         handle_error(exc)
-    return pipeline_cls.from_app(app)
+    return app.pipeline()
 
 
 # --- reactor replay ------------------------------------------------------------------------

@@ -3,11 +3,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING, Callable
 
 import click
 
 from .main import app_from_context, broker_url, handle_error
 from ..domain.errors import ReactorError
+
+if TYPE_CHECKING:
+    from ..app import App
+    from ..broker.base import ConnectionFactory
+    from ..broker.topology import Topology
+    from ..engine.runner import Runner
 
 # Expected failures become one error line; anything else is a bug and keeps its traceback.
 _EXPECTED = (ReactorError, ValueError, OSError)
@@ -52,13 +59,12 @@ def consume(health_file: str | None, health_interval: float, grace: float,
             partitions: int | None, member: str, metrics_port: int | None,
             metrics_host: str, processes: int) -> None:
     """Consume events from RabbitMQ until SIGTERM/SIGINT; ack each only after its commit."""
-    from ..consume.consumer import Consumer, Limits
+    from ..broker.topology import Topology
+    from ..consume.consumer import Consumer
     from ..consume.health import HealthFile
+    from ..consume.settle import Limits
     from ..obs.logs import setup_logging
     from ..obs.metrics import Metrics
-    from ..engine.pipeline import Pipeline
-    from ..engine.pipeline_process import PipelineProcess
-    from ..broker.topology import Topology
 
     index, members = _member(member)
     if processes > 1:
@@ -69,7 +75,7 @@ def consume(health_file: str | None, health_interval: float, grace: float,
                    metrics_host)
     app = app_from_context()
     metrics = Metrics()
-    pipeline = None
+    runner = None
     try:
         url = broker_url(app)
         settings = app.settings
@@ -80,11 +86,8 @@ def consume(health_file: str | None, health_interval: float, grace: float,
                 "serving metrics at http://%s:%d/metrics", metrics_host, bound)
         topology = Topology.from_settings(settings, partitions)
         queues = topology.member_queues(index, members)
-        if settings.pipeline_process:
-            pipeline = PipelineProcess(settings, group_commit=settings.batch_size > 1)
-        else:
-            pipeline = Pipeline.from_app(app)
-        consumer = Consumer(pipeline, app.store.ping, url, topology,
+        runner = _runner(app)
+        consumer = Consumer(runner, app.store.ping, _connection_factory(url, topology), topology,
                             settings.prefetch, Limits.from_settings(settings), queues=queues,
                             grace_s=grace, health=HealthFile(health_file) if health_file else None,
                             health_interval_s=health_interval,
@@ -96,13 +99,37 @@ def consume(health_file: str | None, health_interval: float, grace: float,
     except _EXPECTED as exc:
         handle_error(exc)
     finally:
-        if isinstance(pipeline, PipelineProcess):
-            pipeline.close()
+        if runner is not None:
+            runner.close()
         metrics.close()
         app.close()
-    if consumer.transport.error:
-        click.echo(f"reactor: error: {consumer.transport.error}", err=True)
+    if consumer.connection.error:
+        click.echo(f"reactor: error: {consumer.connection.error}", err=True)
     sys.exit(code)
+
+
+def _runner(app: "App") -> "Runner":
+    """Where the pipeline runs: in a child process (``pipeline_process``) or in this one."""
+    from ..app import ChildPipeline
+    from ..engine.pipeline_process import ChildProcessRunner
+    from ..engine.runner import InProcessRunner
+
+    settings = app.settings
+    if settings.pipeline_process:
+        # The child commits a list's events one by one unless group commit is on.
+        return ChildProcessRunner(ChildPipeline(settings, settings.batch_size == 1))
+    return InProcessRunner(app.pipeline())
+
+
+def _connection_factory(url: str, topology: "Topology") -> "ConnectionFactory":
+    """The consumer's connection: the RabbitMQ transport on ``url``."""
+    from ..broker.base import Delivery
+    from ..broker.consumer_transport import ConsumerTransport
+
+    def connect(queues: list[str], prefetch: int,
+                on_delivery: Callable[[Delivery], None]) -> ConsumerTransport:
+        return ConsumerTransport(url, topology, queues, prefetch, on_delivery)
+    return connect
 
 
 def _supervise(processes: int, partitions: int | None, health_file: str | None,

@@ -59,7 +59,7 @@ def _schema_docs() -> dict[str, dict]:
 
 
 def _dead_letter_headers() -> dict:
-    from ..consume import consumer as c
+    from ..contract import headers as c
     from ..domain.outcomes import DEAD_LETTER_REASONS
 
     reasons = list(DEAD_LETTER_REASONS)
@@ -82,7 +82,7 @@ def _dead_letter_headers() -> dict:
 
 
 def _retry_headers() -> dict:
-    from ..consume import consumer as c
+    from ..contract import headers as c
 
     return {"type": "object", "properties": {
         c.RETRY_REASON: {"type": "string", "description": "Why the last attempt failed."},
@@ -257,7 +257,7 @@ def render_asyncapi() -> str:
     """``asyncapi.yaml``: the AsyncAPI 3.0 document as YAML."""
     body = yaml.dump(asyncapi_document(), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
                      width=100, default_flow_style=False)
-    return f"# {NOTICE}\n# Sources: schemas/*.json, reactor/config.py, reactor/consume/consumer.py.\n{body}"
+    return f"# {NOTICE}\n# Sources: schemas/*.json, reactor/config.py, reactor/contract/headers.py.\n{body}"
 
 
 # ------------------------------------------------------------------------------- the command

@@ -6,7 +6,7 @@ from transitions.core import MachineError
 __all__ = [
     "ReactorError", "ConfigError", "ValidationError", "UnknownJob", "UnknownPipeline",
     "AuthError", "BrokerError", "StoreError", "StoreUnavailable", "ArchiveError", "ManagedPipelineJobError",
-    "PipelineProcessGone", "PipelineProcessRaised", "MachineError",
+    "PipelineProcessGone", "PipelineProcessRaised", "InvalidTransition", "MachineError",
 ]
 
 
@@ -32,6 +32,14 @@ class UnknownPipeline(ReactorError, LookupError):
 
 class AuthError(ReactorError, PermissionError):
     """A token is missing, wrong, expired, or not allowed for this operation."""
+
+
+class InvalidTransition(ReactorError, MachineError):
+    """The event is not allowed from the job's state (the record is unchanged).
+
+    Also a ``transitions`` ``MachineError``: code written against the replaced system's library
+    catches it as it always did, and ``except ReactorError`` catches it with everything else.
+    """
 
 
 class StoreError(ReactorError):

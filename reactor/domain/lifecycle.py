@@ -8,8 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple
 
-from transitions.core import MachineError
-
+from .errors import InvalidTransition
 from .tokens import shown
 
 if TYPE_CHECKING:
@@ -142,14 +141,14 @@ def next_state(state: str, event: str) -> str:
     try:
         return TABLE[(state, event)]
     except KeyError:
-        raise MachineError(invalid_transition_message(state, event)) from None
+        raise InvalidTransition(invalid_transition_message(state, event)) from None
 
 
 def applied_state(state: str, event: str) -> str:
     """Destination of ``event`` applied to an existing job in ``state``: ``next_state``, except
     that ``create`` never applies (it is recorded once, by creating the job)."""
     if event == CREATION_EVENT:
-        raise MachineError(f"Can't trigger event {event!r} on an existing job (state {state}): "
+        raise InvalidTransition(f"Can't trigger event {event!r} on an existing job (state {state}): "
                            "'create' is recorded once, when the job is created")
     return next_state(state, event)
 

@@ -11,7 +11,7 @@ from typing import Callable
 from . import archive
 from ..domain import lifecycle
 from ..domain import records
-from ..domain.errors import AuthError, MachineError, StoreError, UnknownJob, UnknownPipeline
+from ..domain.errors import AuthError, InvalidTransition, StoreError, UnknownJob, UnknownPipeline
 from ..domain.identifiers import check_any_typed, check_typed, job_uuid
 from ..domain.jsonvalues import check_json, check_text
 from ..store.base import JobStore
@@ -35,6 +35,7 @@ class EventResult:
 
     @property
     def duplicate(self) -> bool:
+        """True when the event had been applied before (nothing changed now)."""
         return not self.applied
 
 
@@ -50,6 +51,7 @@ class Change:
 
     @property
     def event(self) -> str:
+        """The event the change records."""
         return self.entry["name"]
 
 
@@ -128,7 +130,7 @@ class Jobs:
               with_history: bool = True, private_data: bool = False) -> EventResult:
         """Authorise and apply one event with one compare-and-set; a repeated ``key`` is a no-op.
 
-        Raises ``MachineError`` (record unchanged) when the event is not allowed from the
+        Raises ``InvalidTransition`` (record unchanged) when the event is not allowed from the
         job's state, ``UnknownJob`` and ``AuthError`` as their names say. ``record`` is the
         job as the caller last read it, with or without its history; ``with_history=False``
         returns the applied record without it (the store then never reads the history).
@@ -145,7 +147,7 @@ class Jobs:
             from_state = record["state"]
             try:
                 to_state = lifecycle.applied_state(from_state, event)
-            except MachineError:
+            except InvalidTransition:
                 if key is None or "history" in record:
                     raise
                 # A redelivered event may not fit the state it already moved the job to: only

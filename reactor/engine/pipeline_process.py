@@ -2,25 +2,19 @@
 
 In one process the RabbitMQ client's IO thread and the worker share one interpreter lock: each
 time a store call of the worker let go of it, the client's frame parsing could take it, and the
-commit loop waited (one commit per message on SQLite ran at ~0.6 of a bare commit loop). Here
-the pipeline (decode … commit, and group commit) runs in a child process with an interpreter of
-its own, and the consumer keeps the next list of deliveries on its way while the child works on
-the last one, so the child does not wait for the settling either.
+commit loop waited. Here the pipeline runs in a child process with an interpreter of its own,
+and the consumer keeps the next list of deliveries on its way while the child works on the last
+one, so the child does not wait for the settling either. ``ChildProcessRunner`` is the
+consumer's side; it has the same methods as ``runner.InProcessRunner``.
 
-Requests and replies are pickled tuples over two pipes, in order, one reply per request
-(``resume`` has none):
+The child is started with a picklable factory (the composition root's) that sets up its logging
+and builds its pipeline, so nothing here builds either. Requests and replies are pickled tuples
+over two pipes, in order, one reply per request (``release`` has none):
 
-- ``("events", [(body, message_id), ...])``: the messages with one commit each → their
-  outcomes. They go through ``GroupCommit`` with ``separate_commits``: planned together, each
-  job's events in delivery order, then committed change by change. From the first message the
-  list leaves undecided (the store failed, processing raised) or that must be retried on, the
-  outcomes come back ``None`` and the child is *halted*: each later list comes back all
-  ``None``, untouched, until ``("resume", None)``. So nothing after an undecided message is
-  applied before the consumer has decided it.
-- ``("batch", [...])``: the same through ``GroupCommit`` with one store write for the list;
-  halts the same way.
-- ``("one", (body, message_id))`` → ``("ok", outcome)`` or ``("error", text)``: one message,
-  halted or not (the consumer's retries of an undecided message).
+- ``("process", [(body, message_id, params), ...])`` → ``("ok", outcomes)``, what
+  ``Pipeline.process`` gives with the child's ``Hold`` (kept across lists, as in process), or
+  ``("error", traceback)`` when a list of one raised;
+- ``("release", None)``: release the held jobs.
 
 The child ignores SIGINT and SIGTERM (the consumer stops it by closing its pipe once what it sent
 is settled), exits at end of file, and checks before every list that its parent is still there:
@@ -37,22 +31,29 @@ import subprocess
 import sys
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from ..domain.errors import PipelineProcessGone, PipelineProcessRaised
-from ..domain.outcomes import RETRY, Outcome
+from ..domain.outcomes import Outcome
 from ..domain.tokens import mask_text
+from .hold import Hold
+from .pipeline import Item, Pipeline
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
 
+# Called in the child: its pipeline, and what closes what the pipeline opened. Picklable.
+PipelineFactory = Callable[[], "tuple[Pipeline, Callable[[], None]]"]
 
-class PipelineProcess:
+
+class ChildProcessRunner:
     """The consumer's handle on the child process that runs its pipeline."""
 
-    def __init__(self, settings: Any, group_commit: bool):
+    depth = 2  # the child applies one list while the consumer settles the one before
+
+    def __init__(self, factory: PipelineFactory):
         # Two pipes, not the child's stdin and stdout: a stray print in the child cannot
         # corrupt a reply, and the child keeps the consumer's stdout and stderr for its logs.
         request_r, request_w = os.pipe()
@@ -62,17 +63,16 @@ class PipelineProcess:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(os.path.abspath(p) for p in sys.path))
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "reactor.engine.pipeline_process", str(request_r), str(reply_w)],
+                [sys.executable, "-m", __name__, str(request_r), str(reply_w)],
                 pass_fds=(request_r, reply_w), stdin=subprocess.DEVNULL, env=env)
         finally:
             os.close(request_r)
             os.close(reply_w)
         self._requests = Connection(request_w, readable=False)
         self._replies = Connection(reply_r, writable=False)
-        self.sent = 0         # requests whose reply has not been read
-        self.halted = False   # the child holds back lists until ``resume``
+        self.sent = 0  # requests whose reply has not been read
         try:
-            self._send(("start", (settings, group_commit)))
+            self._send(("start", factory))
             if not self._replies.poll(START_TIMEOUT_S):
                 raise PipelineProcessGone(f"the pipeline process did not start within "
                                           f"{START_TIMEOUT_S:.0f} s")
@@ -85,6 +85,7 @@ class PipelineProcess:
 
     @property
     def pid(self) -> int:
+        """The child's process id."""
         return self._proc.pid
 
     def gone(self) -> PipelineProcessGone | None:
@@ -93,31 +94,28 @@ class PipelineProcess:
             return None
         return self._gone(EOFError())
 
-    def submit(self, messages: list[tuple[bytes, str | None]], batch: bool = False) -> None:
-        """Send a list of messages to apply in order (``batch``: with group commit)."""
-        self._send(("batch" if batch else "events", messages))
+    def submit(self, items: Sequence[Item]) -> None:
+        """Send a list of messages to the child, to be applied in order."""
+        self._send(("process", [(i.body, i.message_id, i.params) for i in items]))
 
     def collect(self) -> list[Outcome | None]:
-        """The outcomes of the oldest list submitted (``None`` = undecided), in its order."""
-        outcomes = self._recv()
-        if any(o is None for o in outcomes):
-            self.halted = True
-        return outcomes
-
-    def resume(self) -> None:
-        """Let the child apply lists again (after the undecided messages were decided)."""
-        self._send(("resume", None), reply=False)
-        self.halted = False
-
-    def process(self, body: bytes, message_id: str | None = None) -> Outcome:
-        """One message, applied now (no list may be outstanding): its outcome."""
-        if self.sent:
-            raise RuntimeError("process() while lists are outstanding: collect them first")
-        self._send(("one", (body, message_id)))
+        """The outcomes of the oldest list submitted (``PipelineProcessRaised`` if it was a list
+        of one and processing it raised)."""
         status, value = self._recv()
         if status == "error":
             raise PipelineProcessRaised(value)
         return value
+
+    def process(self, items: Sequence[Item]) -> list[Outcome | None]:
+        """One list, applied now (no list may be on its way): its outcomes."""
+        if self.sent:
+            raise RuntimeError("process() while lists are outstanding: collect them first")
+        self.submit(items)
+        return self.collect()
+
+    def release(self) -> None:
+        """Release the jobs the child holds back."""
+        self._send(("release", None), reply=False)
 
     def close(self) -> None:
         """Close the pipe (the child exits at end of file); kill it if it does not."""
@@ -162,63 +160,27 @@ class PipelineProcess:
 
 # --- the child ---------------------------------------------------------------------------------
 
-class _Child:
-    """The child's side: the pipeline and the requests' handling."""
+class Child:
+    """The child's side: its pipeline, its hold, and the requests' handling."""
 
-    def __init__(self, settings: Any, group_commit: bool):
-        from ..app import App
-        from .pipeline import Pipeline
-
-        from .batching import GroupCommit
-
-        self.app = App(settings)
-        self.pipeline = Pipeline.from_app(self.app)
-        # A list of events is planned as a batch (parsed, authorised, each from the state its
-        # job's previous event leads to) and committed one change per commit: each message
-        # still has its own durable commit, and the planning runs with its code and data warm
-        # instead of between two commits (measured ~10% faster than message by message).
-        self.separate = GroupCommit(self.pipeline, separate_commits=True)
-        self.group = GroupCommit(self.pipeline) if group_commit else None
+    def __init__(self, factory: PipelineFactory):
+        self.pipeline, self.close = factory()
+        self.hold = Hold()
         self.parent = os.getppid()
-        self.halted = False
 
     def handle(self, kind: str, payload: Any) -> Any:
-        """The reply to one request (``None`` for ``resume``, which has none)."""
-        if kind == "resume":
-            self.halted = False
+        """The reply to one request (``None`` for ``release``, which has none)."""
+        if kind == "release":
+            self.hold.release()
             return None
-        if kind == "one":
-            self._check_parent()
-            try:
-                return "ok", self.pipeline.process(*payload)
-            except Exception as exc:  # noqa: BLE001 - the consumer counts the attempt
-                return "error", "".join(traceback.format_exception(exc)).rstrip()
-        if self.halted:
-            return [None] * len(payload)
-        self._check_parent()
-        outcomes = self._through(self.group if kind == "batch" else self.separate, payload)
-        self.halted = any(o is None for o in outcomes)
-        return outcomes
-
-    def _through(self, group: Any, messages: list) -> list[Outcome | None]:
-        """The outcomes of ``messages`` through ``group``, ``None`` from the first one it left
-        undecided (or that must be retried) on: nothing may go ahead of that one."""
-        from .batching import Item
-
-        try:
-            outcomes = group.process([Item(body, message_id) for body, message_id in messages])
-        except Exception as exc:  # noqa: BLE001 - the consumer goes one by one, as in-process
-            log.error("processing %d deliveries raised %s; processing them one by one",
-                      len(messages), mask_text("".join(traceback.format_exception(exc))))
-            return [None] * len(messages)
-        first = next((i for i, o in enumerate(outcomes) if o is None or o.kind == RETRY),
-                     len(outcomes))
-        return outcomes[:first] + [None] * (len(outcomes) - first)
-
-    def _check_parent(self) -> None:
         if os.getppid() != self.parent:
             log.error("the consumer (pid %d) is gone: the pipeline process exits", self.parent)
             raise SystemExit(3)
+        items = [Item(body, message_id, params) for body, message_id, params in payload]
+        try:
+            return "ok", self.pipeline.process(items, self.hold)
+        except Exception as exc:  # noqa: BLE001 - a list of one: the consumer counts the attempt
+            return "error", "".join(traceback.format_exception(exc)).rstrip()
 
 
 def main(argv: list[str]) -> int:
@@ -228,14 +190,10 @@ def main(argv: list[str]) -> int:
     requests = Connection(int(argv[0]), writable=False)
     replies = Connection(int(argv[1]), readable=False)
     try:
-        _, (settings, group_commit) = requests.recv()
+        _, factory = requests.recv()
+        child = Child(factory)
     except EOFError:
         return 0
-    try:
-        from ..obs.logs import setup_logging
-
-        setup_logging(settings.log_level, settings.log_format)
-        child = _Child(settings, group_commit)
     except Exception as exc:  # noqa: BLE001 - reported to the consumer, which fails to start
         replies.send(("error", mask_text(f"{type(exc).__name__}: {exc}")))
         return 1
@@ -247,12 +205,12 @@ def main(argv: list[str]) -> int:
             except EOFError:
                 return 0
             reply = child.handle(kind, payload)
-            if kind != "resume":
+            if kind != "release":
                 replies.send(reply)
     except (BrokenPipeError, EOFError):
         return 0
     finally:
-        child.app.close()
+        child.close()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from typing import Mapping, TextIO
 from ..domain.errors import StoreUnavailable
 from ..contract.environment import MESSAGE_ID_VAR, MESSAGE_VAR
 from ..contract.messages import PARAM_NAMES
-from ..domain.outcomes import RETRY, Outcome
+from ..domain.outcomes import Kind, Outcome, Reason
+from ..engine.pipeline import Item
 from ..domain.tokens import mask_text
 
 log = logging.getLogger(__name__)
@@ -48,15 +49,15 @@ def invoke(pipeline_factory, invocation: Invocation, debug: bool = False) -> Out
     """Process one invocation; a bug becomes ``retry:internal_error`` (re-raised in debug)."""
     try:
         pipeline = pipeline_factory()
-        return pipeline.process(invocation.body, invocation.message_id, invocation.params)
+        return pipeline.process([Item(invocation.body, invocation.message_id, invocation.params)])[0]
     except StoreUnavailable as exc:  # opening the store, before any message handling
-        return Outcome(RETRY, "store_unavailable", mask_text(str(exc))[:300])
+        return Outcome(Kind.RETRY, Reason.STORE_UNAVAILABLE, mask_text(str(exc))[:300])
     except Exception as exc:  # noqa: BLE001 - one outcome line even when the reactor has a bug
         if debug:
             raise
         log.error("internal error while processing the message: %s: %s (reactor --debug "
                   "invoke shows the traceback)", type(exc).__name__, mask_text(str(exc)))
-        return Outcome(RETRY, "internal_error",
+        return Outcome(Kind.RETRY, Reason.INTERNAL_ERROR,
                        mask_text(f"{type(exc).__name__}: {exc}")[:300])
 
 

@@ -19,8 +19,8 @@ from typing import Any, Iterator
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest, start_http_server)
 
-from ..domain.outcomes import (APPLIED, DEAD_LETTER_ONLY_REASONS, DUPLICATE, REJECT_REASONS, REJECTED,
-                       RETRY, RETRY_REASONS)
+from ..domain.outcomes import (DEAD_LETTER_ONLY_REASONS, REJECT_REASONS, RETRY_REASONS, Kind,
+                               Reason)
 
 # Seconds: from well under a millisecond (a duplicate on SQLite) to a store outage ride-out.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -63,17 +63,18 @@ class Metrics:
     def _zero(self) -> None:
         # Every known series exists from the start at 0, so a scrape before the first message
         # already shows it and rate() has a starting point.
-        for kind in (APPLIED, DUPLICATE):
+        for kind in (Kind.APPLIED, Kind.DUPLICATE):
             self.messages.labels(kind, NO_REASON)
         for reason in REJECT_REASONS:
-            self.messages.labels(REJECTED, reason)
+            self.messages.labels(Kind.REJECTED, reason)
             self.dead_letters.labels(reason)
         for reason in RETRY_REASONS:
-            self.messages.labels(RETRY, reason)
+            self.messages.labels(Kind.RETRY, reason)
             self.retries.labels(reason)
         for reason in DEAD_LETTER_ONLY_REASONS:
             self.dead_letters.labels(reason)
-        self.retries.labels("invalid_transition")
+        # The one rejection that goes through the delayed-retry queue first (out of order).
+        self.retries.labels(Reason.INVALID_TRANSITION)
 
     # --- recording ---------------------------------------------------------------------------
     def observe(self, outcome: Any, seconds: float | None = None) -> None:

@@ -1,7 +1,7 @@
 """The dead-letter queue, read and re-driven (``reactor deadletters list|show|requeue``).
 
 A dead letter is the original body plus the ``x-reactor-*`` headers the consumer wrote
-(``reactor.consume.consumer``): reason, detail, attempts, first seen, original routing key and message
+(``reactor.consume.settle``, names in ``reactor.contract.headers``): reason, detail, attempts, first seen, original routing key and message
 id. Here they become ``DeadLetter`` values; the broker work is ``reactor.broker.browse``.
 
 Re-driving publishes a chosen message to the configured exchange with its original routing key
@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
-from ..consume import consumer as _c
+from ..contract import headers as _c
 from ..domain.errors import ValidationError
 from ..contract.messages import duplicate_key
 from ..domain.outcomes import DEAD_LETTER_REASONS

@@ -21,7 +21,7 @@ from ..domain.identifiers import pipeline_uuid, typed_uuid
 from ..engine.jobs import Jobs
 from ..domain.lifecycle import STATE_NAMES
 from ..domain.outcomes import Outcome
-from ..engine.pipeline import DEFAULT_MAX_BYTES, Pipeline
+from ..engine.pipeline import DEFAULT_MAX_BYTES, Item, Pipeline
 from ..domain.tokens import Authority
 
 PIPELINE_NAME = "reactor-replay"
@@ -235,7 +235,7 @@ class Replayer:
         values = self._values(uuids)
         body = _body(spec, values)
         params = {k: _fill(v, values) for k, v in spec.get("params", {}).items()}
-        outcome = self.pipeline.process(body, spec.get("message_id"), params)
+        [outcome] = self.pipeline.process([Item(body, spec.get("message_id"), params)])
         job_name = spec.get("job", next(iter(uuids)))
         record = self.jobs.store.get_job(uuids[job_name])
         got_state = record["state"] if record else None

@@ -5,7 +5,7 @@
   uuids, duplicate keys and the world's own directory replaced), so two worlds that received
   the same legitimate operations compare equal.
 - Runners that call the real entry points in-process and check the documented refusal form
-  of each surface (SPEC §6, §9): ``run_cli`` / ``assert_cli_refused`` (click's CliRunner on
+  of each surface (contract §6, §9): ``run_cli`` / ``assert_cli_refused`` (click's CliRunner on
   ``reactor.cli.main.main``), ``run_invoke`` / ``assert_invoke_refused`` (``reactor invoke`` through
   the same CLI command, the environment set as the actor platform sets it, raw bytes included),
   ``library_refusal`` (the exception types the client library documents).
@@ -49,10 +49,10 @@ TOKENS = [AUTHORITY.job_token(u) for u in JOBS]
 SAMPLE = typed_uuid("sample", "hostile.sample.1")
 UNKNOWN_JOB = "107ffff0-0000-5000-8000-000000000000"
 
-# SPEC §6: the only reasons a refused message may have.
+# contract §6: the only reasons a refused message may have.
 REJECT_REASONS = ("too_large", "decode_error", "schema_invalid", "unknown_event", "unknown_job",
                   "auth_failed", "invalid_transition")
-# SPEC §8 / the library's docstring: what a refusal of the library may raise.
+# contract §8 / the library's docstring: what a refusal of the library may raise.
 LIBRARY_ERRORS = (TypeError, ValueError, AuthError, MachineError, ManagedPipelineJobError,
                   ArchiveError)
 ACTOR_VARS = ("MSG", "uuid", "token", "event", "status", "note", "message_id")

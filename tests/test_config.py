@@ -1,4 +1,4 @@
-"""Configuration (SPEC §7): config.yml + REACTOR_* variables; bad keys and values are named."""
+"""Configuration (contract §7): config.yml + REACTOR_* variables; bad keys and values are named."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,5 +1,5 @@
 """Hostile input on every public surface: the library, ``reactor invoke``, the CLI and
-``reactor serve`` (SPEC §4 tokens, §5 messages, §6 outcomes, §9 bad input).
+``reactor serve`` (contract §4 tokens, §5 messages, §6 outcomes, §9 bad input).
 
 Every hostile input gets the documented refusal of its surface, changes nothing, and never
 makes a token or the secret appear in what the process printed, logged or answered. The
@@ -904,7 +904,7 @@ def test_cli_and_library_refuse_lone_surrogates(world):
 
 
 def test_cli_operator_keys_are_stored_safely_or_refused(world):
-    """Class 6 (SPEC §9): ``$``-prefixed and dotted keys in ``--data`` are stored as given (and
+    """Class 6 (contract §9): ``$``-prefixed and dotted keys in ``--data`` are stored as given (and
     read back equal) or refused with a clear error; they never act as operators."""
     data = {"$set": {"state": "FINISHED"}, "a.b": 1, "$where": "1", "x": {"$ne": None}}
     res = run_cli(world.env, "jobs", "create", "--pipeline", PIPELINE, "--data",

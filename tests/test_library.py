@@ -1,4 +1,4 @@
-"""The client library (SPEC §8) against both stores: ManagedPipelineJob and
+"""The client library (contract §8) against both stores: ManagedPipelineJob and
 ManagedPipelineJobInstance, through the same job operations every entry point uses."""
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ EXPERIMENT = typed_uuid("experiment", "experiment.lab.1")
 SAMPLE = typed_uuid("sample", "sample.lab.1")
 MEASUREMENT = typed_uuid("measurement", "measurement.lab.1")
 GENERATED = [e for e in lifecycle.EVENT_NAMES if e not in ("create", "reset")]
-# SPEC §2, restated for the events that have a library method (see test_lifecycle for all).
+# contract §2, restated for the events that have a library method (see test_lifecycle for all).
 ALLOWED = {
     "run": {"CREATED": "RUNNING", "RUNNING": "RUNNING"},
     "update": {s: s for s in ("CREATED", "RUNNING", "VALIDATING", "INDEXING")},

@@ -1,6 +1,6 @@
-"""The lifecycle of SPEC §2: the table as data, and every event × every state on both stores.
+"""The lifecycle of contract §2: the table as data, and every event × every state on both stores.
 
-The expected matrix is spelled out here from SPEC §2, independently of ``lifecycle.TABLE``,
+The expected matrix is spelled out here from contract §2, independently of ``lifecycle.TABLE``,
 so a wrong table cannot confirm itself.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from transitions.core import MachineError
 
 from reactor.domain import lifecycle
 
-# SPEC §2 as a state × event matrix; "-" = not allowed from that state.
+# contract §2 as a state × event matrix; "-" = not allowed from that state.
 MATRIX = """
 state      create  run     update     resource fail   finish   index    indexed  validate   validated reject   finalize  retire  reset ready
 CREATED    CREATED RUNNING CREATED    CREATED  FAILED -        -        -        -          -         -        -         -       RESET -

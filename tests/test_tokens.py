@@ -1,4 +1,4 @@
-"""Tokens (SPEC §4): job tokens per job, admin tokens per time window, masking."""
+"""Tokens (contract §4): job tokens per job, admin tokens per time window, masking."""
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,4 @@
-"""The environment variables of the actor mode (``reactor invoke``, SPEC §7): where the actor
+"""The environment variables of the actor mode (``reactor invoke``, contract §7): where the actor
 platform puts the message and its duplicate key. Message parameters come in variables named as
 ``contract.messages.PARAM_NAMES``."""
 

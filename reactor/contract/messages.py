@@ -1,4 +1,4 @@
-"""The message contract (SPEC §5): turn raw bytes plus parameters into one normalised message.
+"""The message contract (contract §5): turn raw bytes plus parameters into one normalised message.
 
 Steps, in order, each ending the message with a rejection when it fails:
 
@@ -40,7 +40,7 @@ from ..domain.tokens import shown
 
 PARAM_NAMES = ("uuid", "token", "event", "status", "note")
 
-# Job status (Agave v2 / Tapis v3) -> event (SPEC §5.2). Statuses not listed map to "update".
+# Job status (Agave v2 / Tapis v3) -> event (contract §5.2). Statuses not listed map to "update".
 _FAIL = ("FAILED", "STOPPED", "KILLED", "DELETED", "ARCHIVING_FAILED")
 _UPDATE = ("HEARTBEAT", "UPDATED")
 _RESOURCE = ("CREATED", "PENDING", "PROCESSING_INPUTS", "STAGING_INPUTS", "STAGED",

@@ -223,7 +223,7 @@ def asyncapi_document() -> dict:
         "info": {
             "title": "PipelineJobs Reactor messages",
             "version": str(reactor.__version__),
-            "description": "The message contract of the reactor (SPEC section 5). " + NOTICE
+            "description": "The message contract of the reactor (docs/contract.md §5). " + NOTICE
                            + " Payload schemas are the files of schemas/ (JSON Schema "
                              "2020-12), embedded verbatim; their relative $refs resolve "
                              "against their $id, which components.schemas also carries.",

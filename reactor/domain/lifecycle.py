@@ -1,4 +1,4 @@
-"""The job lifecycle declared as data (SPEC §2): states, events, and the transition table.
+"""The job lifecycle declared as data (contract §2): states, events, and the transition table.
 
 Everything else (schemas' enums, the ``transitions`` machine, docs, diagrams) is derived from
 ``TRANSITIONS``; nothing restates it.

@@ -1,4 +1,4 @@
-"""Outcomes (SPEC §6): every message ends in exactly one of these values, and the consumer
+"""Outcomes (contract §6): every message ends in exactly one of these values, and the consumer
 settles it with exactly one action. This module is the one vocabulary for both.
 
 ``Kind``, ``Reason`` and ``ActionKind`` are ``StrEnum``: a member equals its string, formats as

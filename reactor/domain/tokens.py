@@ -1,4 +1,4 @@
-"""Job and administrative tokens (SPEC §4): HMAC-SHA256 under one secret, never stored.
+"""Job and administrative tokens (contract §4): HMAC-SHA256 under one secret, never stored.
 
 Job tokens are stable for a job's life; admin tokens are bound to a time window and expire by
 themselves. Both are compared in constant time.

@@ -1,4 +1,4 @@
-"""Abaco-style actor mode (SPEC §7): one message from the environment, one outcome line.
+"""Abaco-style actor mode (contract §7): one message from the environment, one outcome line.
 
 The actor platform puts the raw message in ``MSG`` and every query parameter in an environment
 variable of the same name, so ``uuid``, ``token``, ``event``, ``status`` and ``note`` are read

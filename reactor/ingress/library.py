@@ -1,4 +1,4 @@
-"""The client library (SPEC §8): ``ManagedPipelineJob`` and ``ManagedPipelineJobInstance``.
+"""The client library (contract §8): ``ManagedPipelineJob`` and ``ManagedPipelineJobInstance``.
 
 Both are thin over ``reactor.engine.jobs.Jobs``, the one path every entry point uses, so a job moved
 from Python obeys exactly the rules the reactor enforces (tokens, the lifecycle table, one

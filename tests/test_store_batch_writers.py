@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 from pymongo import monitoring
 
-from reactor import records
+from reactor.domain import records
 from reactor.identifiers import job_uuid, pipeline_uuid
 from reactor.store import open_store
 from reactor.store.mongo import _KnownJobs

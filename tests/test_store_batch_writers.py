@@ -13,7 +13,7 @@ import pytest
 from pymongo import monitoring
 
 from reactor.domain import records
-from reactor.identifiers import job_uuid, pipeline_uuid
+from reactor.domain.identifiers import job_uuid, pipeline_uuid
 from reactor.store import open_store
 from reactor.store.mongo import _KnownJobs
 

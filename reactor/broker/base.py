@@ -6,8 +6,11 @@ a factory).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,3 +86,13 @@ class ConsumingConnection(Protocol):
 
 # (queues, prefetch, on_delivery) -> a connection consuming those queues.
 ConnectionFactory = Callable[[list[str], int, Callable[[Delivery], None]], ConsumingConnection]
+
+
+def run_after(after: Callable[[], None] | None) -> None:
+    """Run a connection's settle callback; its failure is logged, never allowed to end the loop."""
+    if after is None:
+        return
+    try:
+        after()
+    except Exception:  # noqa: BLE001 - bookkeeping (counts, logs) must not stop the IO loop
+        log.exception("after settling deliveries")

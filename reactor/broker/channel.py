@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from .base import Delivery
+from .base import Delivery, run_after
 from .failures import describe_close, is_fatal
 from .properties import properties_dict
 from .settling import ChannelLedger
@@ -206,7 +206,7 @@ class ConsumingChannel:
         self.ledger.ack([d for deliveries, _ in requests for d in deliveries])
         self.finish_if_settled()
         for _, after in requests:
-            _run_after(after)
+            run_after(after)
 
     def forward(self, delivery: Delivery, queue: str, body: bytes, properties: dict) -> None:
         """Publish a copy of ``delivery`` to ``queue``; its confirm acks ``delivery``."""
@@ -226,13 +226,3 @@ class ConsumingChannel:
         """Broker confirmed (ack) or refused (nack) forwarded copies: settle their originals."""
         if self.ledger.confirmed(frame):
             self.finish_if_settled()
-
-
-def _run_after(after: Callable[[], None] | None) -> None:
-    # Bookkeeping of settled deliveries (counts, logs): never allowed to stop the IO loop.
-    if after is None:
-        return
-    try:
-        after()
-    except Exception:  # noqa: BLE001 - logged, and the loop carries on
-        log.exception("after settling deliveries")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .base import Delivery
+from .base import Delivery, run_after
 from .memory_channel import CallbackLoop, MemoryChannel
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class MemoryConnection:
         if self._closing:
             self._finish()
         for _, after in requests:
-            _run_after(after)
+            run_after(after)
 
     def _forward(self, delivery: Delivery, queue: str, body: bytes, properties: dict) -> None:
         with self._lock:
@@ -223,13 +223,3 @@ class MemoryConnection:
                 self._channel.gone()
             self.status = "stopped"
             self._loop.stopped = True
-
-
-def _run_after(after: Callable[[], None] | None) -> None:
-    # Bookkeeping of settled deliveries: never allowed to end the loop.
-    if after is None:
-        return
-    try:
-        after()
-    except Exception:  # noqa: BLE001 - logged, and the loop carries on
-        log.exception("after settling deliveries")

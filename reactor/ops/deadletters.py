@@ -2,7 +2,8 @@
 
 A dead letter is the original body plus the ``x-reactor-*`` headers the consumer wrote
 (``reactor.consume.settle``; the names are in ``reactor.contract.headers``): reason, detail,
-attempts, first seen, original routing key and message id. Here they become ``DeadLetter`` values; the broker work is ``reactor.broker.browse``.
+attempts, first seen, original routing key and message id. Here they become ``DeadLetter``
+values; the broker work is ``reactor.broker.browse``.
 
 Re-driving publishes a chosen message to the configured exchange with its original routing key
 (the job uuid) and message id, with a publisher confirm, and only then removes it from the

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import secrets as _secrets
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .domain.errors import ConfigError
+from .domain.tokens import mask_url
 
 ENV_PREFIX = "REACTOR_"
 CONFIG_ENV = "REACTOR_CONFIG"
@@ -32,9 +32,6 @@ NOT_CONFIG_ENV = frozenset({CONFIG_ENV, "REACTOR_SERVICES_DIR"})
 # String keys that config.yml may also give as a YAML list: kept as one comma-separated string,
 # the form the environment variable takes, so every reader sees one format.
 LIST_KEYS = frozenset({"broker_url"})
-# A URL's password (``scheme://user:password@``), wherever URLs stand in a value: one URL, a
-# comma-separated list of them, a MongoDB seed list.
-_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s,]*):[^@\s,]*@", re.I)
 
 
 @dataclass(frozen=True)
@@ -60,10 +57,6 @@ def _key(default: Any, help: str, check: Callable[[Any], bool] | None = None) ->
 
 def _positive(v: Any) -> bool:
     return v > 0
-
-
-def _mask_url_passwords(text: str) -> str:
-    return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 @dataclass(frozen=True)
@@ -148,7 +141,7 @@ class Settings:
             if name == "secret" and value:
                 value = "***"
             elif isinstance(value, str) and "://" in value:
-                value = _mask_url_passwords(value)
+                value = mask_url(value)
             shown[name] = value
         return f"Settings({shown!r})"
 

@@ -53,6 +53,7 @@ from pymongo.errors import (
 )
 from pymongo.write_concern import WriteConcern
 
+from ..domain.tokens import mask_url
 from ..domain.errors import StoreError, StoreUnavailable
 from ..domain.records import LINKAGE_FIELDS
 from .base import COLLECTIONS_WITH_LINKS, JobStore, archive_query
@@ -199,19 +200,6 @@ def _has_entry_uuids(batch: list[tuple[str, str, str, dict]]) -> bool:
 
 # --- URIs and options --------------------------------------------------------------------------
 
-def mask_uri(uri: str) -> str:
-    """``uri`` with the password (if any) replaced by ``***``."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return uri
-    authority, slash, tail = rest.partition("/")
-    userinfo, at, hosts = authority.rpartition("@")
-    if not at or ":" not in userinfo:
-        return uri
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hosts}{slash}{tail}"
-
-
 def _passwords(uri: str) -> list[str]:
     # Both spellings: the URI's (percent-encoded) and the decoded one a driver message may show.
     authority = uri.partition("://")[2].partition("/")[0]
@@ -239,7 +227,7 @@ class MongoJobStore(JobStore):
     def __init__(self, uri: str, database: str | None = None,
                  write_concern: str | int = "majority", journal: bool = True,
                  server_selection_timeout_ms: int = DEFAULT_TIMEOUT_MS):
-        self.uri = mask_uri(uri)  # the only form of the URI this object ever shows
+        self.uri = mask_url(uri)  # the only form of the URI this object ever shows
         self._passwords = _passwords(uri)
         concern = _write_concern(write_concern, journal)
         if not isinstance(server_selection_timeout_ms, int) or \

@@ -15,7 +15,7 @@ from pymongo import monitoring
 from reactor.domain import records
 from reactor.domain.identifiers import job_uuid, pipeline_uuid
 from reactor.store import open_store
-from reactor.store.mongo import _KnownJobs
+from reactor.store.mongo_batch import KnownJobs
 
 PIPELINE = pipeline_uuid("batch-writer-tests")
 T0, T1, T2 = "2024-01-01T00:00:00.000Z", "2024-01-01T00:00:01.000Z", "2024-01-02T00:00:00.000Z"
@@ -165,7 +165,7 @@ def test_mongo_remembered_jobs_are_bounded_in_count_and_bytes():
         return {"uuid": f"job-{n}", "state": "CREATED", "revision": 1, "_visible": True,
                 "data": {"pad": "x" * pad}, "history": [{"name": "create"}]}
 
-    known = _KnownJobs(size=3, max_bytes=10_000)
+    known = KnownJobs(size=3, max_bytes=10_000)
     for n in range(4):
         known.put(doc(n))
     assert known.get("job-0") is None  # the least recently used of four

@@ -269,7 +269,9 @@ def test_acks_are_not_held_behind_slow_commits(setup):
 
 
 def test_quorum_queues_consume_and_retry(setup):
-    setup.overrides.update(queue_type="quorum", transition_retries=2)
+    # Five delayed retries, not two: on a loaded machine the overtaken "run" can take longer
+    # than two short retry delays to commit, and "finish" would then be dead-lettered.
+    setup.overrides.update(queue_type="quorum", transition_retries=5)
     jobs = make_jobs(setup.app, 3, "quorum")
     work = Workload.build(jobs, 6)
     work.publish(setup)

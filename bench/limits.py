@@ -4,7 +4,8 @@
   persistent messages with the consumer's prefetch, one ack per message or one multiple-ack
   per batch, and no processing at all;
 - MongoDB-wire server: a tight pymongo loop of one compare-and-set (``find_one_and_update``
-  with the reactor's filter and update shape and write concern) per event;
+  with the reactor's filter and update shape and write concern) per event; and the same
+  compare-and-sets as bulk writes of a group commit's batch size, what group commit could reach;
 - embedded store: the same compare-and-set as a tight sqlite3 loop over the same table
   layout (schema version 2: job columns beside the record without its history, one history row
   per entry) and durability settings (WAL, synchronous=FULL, one BEGIN IMMEDIATE per event):
@@ -136,6 +137,45 @@ def mongo_ceiling(uri: str, database: str, work: Workload, payloads: list[bytes]
     """ops/s of one compare-and-set per event (majority, journaled): ``find_one_and_update``
     with the reactor's filter (the job's uuid, visibility, state, no entry with the key) and
     update, the one path every MongoDB server takes."""
+    def run(jobs, uuids: list[str]) -> None:
+        for i, ev in enumerate(work.events):
+            query, update = _compare_and_set(ev, uuids[ev.job], payloads, i)
+            found = jobs.find_one_and_update(query, update, projection={"history": 0},
+                                             return_document=pymongo.ReturnDocument.AFTER)
+            if found is None:
+                raise RuntimeError(f"raw compare-and-set {i} missed")
+
+    return len(work.events) / _timed_on_mongo(uri, database, work, run)
+
+
+def mongo_bulk_ceiling(uri: str, database: str, work: Workload, payloads: list[bytes],
+                       batch: int) -> float:
+    """ops/s of the same compare-and-sets sent ``batch`` events at a time (in delivery order)
+    as one ordered ``bulk_write`` each: what group commit could reach on this server."""
+    def run(jobs, uuids: list[str]) -> None:
+        for start in range(0, len(work.events), batch):
+            chunk = work.events[start:start + batch]
+            result = jobs.bulk_write([pymongo.UpdateOne(*_compare_and_set(
+                ev, uuids[ev.job], payloads, start + n)) for n, ev in enumerate(chunk)])
+            if result.modified_count != len(chunk):
+                raise RuntimeError(f"raw bulk write at event {start}: "
+                                   f"{len(chunk) - result.modified_count} missed")
+
+    return len(work.events) / _timed_on_mongo(uri, database, work, run)
+
+
+def _compare_and_set(ev, uuid: str, payloads: list[bytes], index: int) -> tuple[dict, dict]:
+    """The reactor's filter and update for event ``ev`` of job ``uuid``."""
+    entry = _history_entry(ev.name, _entry_data(payloads, index), "id:" + ev.message_id)
+    update = {"$set": {"state": ev.to_state, "last_event": ev.name, "updated": entry["date"]},
+              "$inc": {"revision": 1}, "$push": {"history": entry}}
+    return ({"uuid": uuid, "_visible": True, "state": ev.from_state,
+             "history.key": {"$ne": entry["key"]}}, update)
+
+
+def _timed_on_mongo(uri: str, database: str, work: Workload, run) -> float:
+    """Seconds ``run(jobs collection, job uuids)`` takes on fresh job documents (majority,
+    journaled) in ``database``, dropped afterwards."""
     client = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000)
     try:
         db = client[database].with_options(write_concern=WriteConcern(w="majority", j=True))
@@ -149,19 +189,8 @@ def mongo_ceiling(uri: str, database: str, work: Workload, payloads: list[bytes]
                            "history": [_history_entry("create", {"n": j}, None)]}
                           for j, u in enumerate(uuids)])
         t0 = time.perf_counter()
-        for i, ev in enumerate(work.events):
-            entry = _history_entry(ev.name, _entry_data(payloads, i), "id:" + ev.message_id)
-            update = {"$set": {"state": ev.to_state, "last_event": ev.name,
-                               "updated": entry["date"]},
-                      "$inc": {"revision": 1}, "$push": {"history": entry}}
-            found = jobs.find_one_and_update(
-                {"uuid": uuids[ev.job], "_visible": True, "state": ev.from_state,
-                 "history.key": {"$ne": entry["key"]}}, update, projection={"history": 0},
-                return_document=pymongo.ReturnDocument.AFTER)
-            if found is None:
-                raise RuntimeError(f"raw compare-and-set {i} missed")
-        elapsed = time.perf_counter() - t0
-        return len(work.events) / elapsed
+        run(jobs, uuids)
+        return time.perf_counter() - t0
     finally:
         client.drop_database(database)
         client.close()

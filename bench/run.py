@@ -136,6 +136,8 @@ def main() -> int:
                                                           (group or {}).get("batch_size", 50)))
             add("store_sqlite", limits.sqlite_ceiling(str(work / f"raw-{rep}.db"), sq, sq_bodies))
             add("store_mongo", limits.mongo_ceiling(mongo, f"benchraw{tag}{rep}", mg, mg_bodies))
+            add("store_mongo_bulk", limits.mongo_bulk_ceiling(
+                mongo, f"benchbulk{tag}{rep}", mg, mg_bodies, (group or {}).get("batch_size", 50)))
             for mode, options in modes.items():
                 for kind, wl in (("sqlite", sq), ("mongo", mg)):
                     log(f"  end to end: {kind}, {mode}")
@@ -212,15 +214,20 @@ def report(info, profile, r, latency, cpu, cold, mem, sq, mg, has_group) -> None
          "raw sqlite3 CAS loop"),
         ("store ceiling, MongoDB-wire", f"{m['store_mongo']:,.0f} ops/s",
          "raw pymongo CAS loop (majority, journaled)"),
+        ("  same as bulk writes", f"{m['store_mongo_bulk']:,.0f} ops/s",
+         f"{m['store_mongo_bulk'] / m['store_mongo']:.2f}× the loop; raw bulk_write of "
+         f"{(group_commit_options() or {}).get('batch_size', 50)} CAS"),
     ]
     for mode in ("one", "group"):
         if f"e2e_sqlite_{mode}" not in m:
             continue
         label = "one commit/msg" if mode == "one" else "group commit"
         for kind in ("sqlite", "mongo"):
+            bulk = (f"; vs bulk writes {m['e2e_mongo_group'] / m['store_mongo_bulk']:.2f}×"
+                    if (kind, mode) == ("mongo", "group") else "")
             rows.append((f"e2e {kind}, {label}", f"{m[f'e2e_{kind}_{mode}']:,.0f} msgs/s",
                          f"ratio vs limit {ratio(kind, mode):.2f}; vs store ceiling "
-                         f"{m[f'e2e_{kind}_{mode}'] / m[f'store_{kind}']:.2f}×"))
+                         f"{m[f'e2e_{kind}_{mode}'] / m[f'store_{kind}']:.2f}×{bulk}"))
             inproc = m.get(f"e2e_{kind}_{mode}_inproc")
             if inproc:
                 rows.append((f"  same, pipeline in-process", f"{inproc:,.0f} msgs/s",
@@ -269,6 +276,7 @@ def report(info, profile, r, latency, cpu, cold, mem, sq, mg, has_group) -> None
         "broker_ceiling_multiple_ack_msgs_s": round(m["broker_ack_batch"]),
         "store_ceiling_sqlite_ops_s": round(m["store_sqlite"]),
         "store_ceiling_mongo_ops_s": round(m["store_mongo"]),
+        "store_ceiling_mongo_bulk_ops_s": round(m["store_mongo_bulk"]),
         **{f"e2e_{k}_{mode}_msgs_s": round(m[f"e2e_{k}_{mode}"])
            for mode in ("one", "group") for k in ("sqlite", "mongo") if f"e2e_{k}_{mode}" in m},
         **{f"ratio_{k}_{mode}": round(ratio(k, mode), 3)
